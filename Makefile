@@ -1,0 +1,38 @@
+# One entry point per job. Every target installs the environment first if it is missing.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+EXTRAS  ?= dev,ref
+
+.PHONY: install test extract grid demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# make extract CORPUS=emodb ROOT=/path/to/emodb ENCODERS=mfcc-stats,logmel-stats
+CORPUS   ?= demo
+ROOT     ?=
+ENCODERS ?= mfcc-stats,logmel-stats
+OUT      ?= features
+extract: $(STAMP)
+	$(PY) extract/extract.py --corpus $(CORPUS) $(if $(ROOT),--root $(ROOT)) --encoders $(ENCODERS) --out $(OUT)
+
+grid: $(STAMP)
+	$(PY) experiments/run_grid.py
+
+demo: $(STAMP)
+	.venv/bin/parrot demo
+
+bench: $(STAMP)
+	$(PY) bench/train_folds.py
+	$(PY) bench/extract.py
+
+clean:
+	rm -rf .venv features results .pytest_cache
