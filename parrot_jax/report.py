@@ -1,0 +1,345 @@
+"""Tables and figures of a grid run, laid out like the paper's Table 1 and Table 2.
+
+Input: the per-cell JSON files a grid run writes (see `parrot_jax.grid`), read into `CellRecord`s.
+Output, in the run folder:
+
+- ``table1.md`` / ``table1.csv`` (single encoder x SVM, FCN, CNN) and ``table2.md`` / ``table2.csv``
+  (encoder pairs x Concatenation, PARROT, and the HP-only / OT-only ablations where run), each with the
+  paper's published number beside ours and the difference ``ours - paper`` (percentage points);
+- ``table1.png`` / ``table2.png``: ours (mean +- std) against the paper, one panel per corpus;
+- ``confusion_<cell>.png`` (the paper's Figure 3) and ``tsne_<cell>.png`` (its Figure 2).
+
+Scores are percentages. "mean +- std" is over every (seed, fold) run of a cell: the mean, and the
+sample standard deviation (divisor n - 1; 0 when a cell has a single run).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+PAPER_TABLES = Path(__file__).resolve().parents[1] / "experiments" / "paper_tables.csv"
+
+# The paper's corpora, in its column order, and how its tables name them.
+PAPER_CORPORA = {"cremad": "CREMA-D", "emodb": "Emo-DB", "mesd": "MESD"}
+# Row groups / column groups in the paper's order; ablations after the paper's two fusions.
+TABLE1_METHODS = ("svm", "fcn", "cnn")
+TABLE2_METHODS = ("concat", "parrot", "hadamard", "ot")
+METHOD_TITLES = {
+    "svm": "SVM",
+    "fcn": "FCN",
+    "cnn": "CNN",
+    "concat": "Concatenation",
+    "parrot": "PARROT",
+    "hadamard": "HP only",
+    "ot": "OT only",
+}
+METRICS = {"accuracy": "Acc", "macro_f1": "F1"}
+
+PaperKey = tuple[int, str, str, str]  # (table, method, encoders abbreviation, corpus)
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """What the report needs from one cell's result file.
+
+    `runs` maps a metric name to its per-(seed, fold) values as fractions in [0, 1];
+    `confusion[i, j]` counts test utterances of true class i predicted as j, summed over runs.
+    """
+
+    corpus: str
+    table: int
+    method: str
+    encoders: tuple[str, ...]
+    abbrev: str
+    runs: dict[str, tuple[float, ...]]
+    confusion: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CellRecord":
+        cell = data["cell"]
+        return cls(
+            corpus=cell["corpus"],
+            table=int(cell["table"]),
+            method=cell["method"],
+            encoders=tuple(cell["encoders"]),
+            abbrev=cell["abbrev"],
+            runs={k: tuple(float(v) for v in vals) for k, vals in data["metrics"].items()},
+            confusion=np.asarray(data["confusion"], dtype=np.int64),
+            class_names=tuple(data["class_names"]),
+            name=cell["name"],
+        )
+
+    def score(self, metric: str) -> tuple[float, float]:
+        """(mean, std) of `metric` in percent over the cell's runs."""
+        values = 100.0 * np.asarray(self.runs[metric], dtype=np.float64)
+        if values.size == 0:
+            raise ValueError(f"cell {self.name}: no runs recorded for {metric!r}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"cell {self.name}: non-finite {metric} in {values.tolist()}")
+        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        return float(values.mean()), std
+
+
+def read_paper_tables(path: Path = PAPER_TABLES) -> dict[PaperKey, dict[str, float]]:
+    """The paper's published scores: (table, method, abbreviation, corpus) -> {metric: percent}."""
+    if not path.is_file():
+        raise FileNotFoundError(f"paper tables not found: {path} (expected experiments/paper_tables.csv)")
+    table: dict[PaperKey, dict[str, float]] = {}
+    with path.open(newline="") as fh:
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            key = (int(row["table"]), row["method"], row["encoders"], row["corpus"])
+            if key in table:
+                raise ValueError(f"{path}:{line}: duplicate row for {key}")
+            table[key] = {metric: float(row[metric]) for metric in METRICS}
+    return table
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One (method, encoders, corpus, metric) entry of a report table."""
+
+    table: int
+    method: str
+    abbrev: str
+    corpus: str
+    metric: str
+    mean: float
+    std: float
+    n: int
+    paper: float | None
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.paper is None else self.mean - self.paper
+
+
+def table_rows(
+    cells: Iterable[CellRecord], table: int, paper: dict[PaperKey, dict[str, float]]
+) -> list[TableRow]:
+    """Every (cell, metric) of `table` beside the paper's number (None where the paper has none)."""
+    rows = []
+    for cell in cells:
+        if cell.table != table:
+            continue
+        for metric in METRICS:
+            mean, std = cell.score(metric)
+            published = paper.get((table, cell.method, cell.abbrev, cell.corpus), {}).get(metric)
+            rows.append(
+                TableRow(table, cell.method, cell.abbrev, cell.corpus, metric, mean, std,
+                         len(cell.runs[metric]), published)
+            )
+    return rows
+
+
+def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
+    """`values` deduplicated, those in `order` first in that order, the rest in first-seen order."""
+    seen = list(dict.fromkeys(values))
+    return [v for v in order if v in seen] + [v for v in seen if v not in order]
+
+
+def _corpus_order(rows: Sequence[TableRow]) -> list[str]:
+    return _ordered((r.corpus for r in rows), list(PAPER_CORPORA))
+
+
+def _row_order(rows: Sequence[TableRow], row_order: Sequence[str]) -> list[str]:
+    return _ordered((r.abbrev for r in rows), row_order)
+
+
+def format_cell(row: TableRow | None) -> str:
+    """'ours ± std (paper; ours-paper)', or '–' where we have no result."""
+    if row is None:
+        return "–"
+    ours = f"{row.mean:.2f} ± {row.std:.2f}"
+    if row.paper is None:
+        return ours
+    return f"{ours} ({row.paper:.2f}; {row.diff:+.2f})"
+
+
+def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str] = ()) -> str:
+    """The paper's layout in Markdown.
+
+    Table 1: columns corpus x {Acc, F1}; rows grouped by downstream (SVM, FCN, CNN), one per encoder.
+    Table 2: columns corpus x fusion x {Acc, F1}; one row per encoder pair.
+    `row_order` lists encoder abbreviations (or pairs) in the order rows should appear.
+    """
+    index = {(r.method, r.abbrev, r.corpus, r.metric): r for r in rows}
+    corpora = _corpus_order(rows)
+    labels = _row_order(rows, row_order)
+    metrics = list(METRICS)
+    if table == 1:
+        methods = _ordered((r.method for r in rows), TABLE1_METHODS)
+        header = ["PTM"] + [f"{PAPER_CORPORA.get(c, c)} {METRICS[m]}" for c in corpora for m in metrics]
+        lines = [_md_line(header), _md_line(["---"] * len(header))]
+        for method in methods:
+            lines.append(_md_line([f"**{METHOD_TITLES.get(method, method)}**"] + [""] * (len(header) - 1)))
+            for label in labels:
+                cells = [index.get((method, label, c, m)) for c in corpora for m in metrics]
+                if any(cells):
+                    lines.append(_md_line([label] + [format_cell(x) for x in cells]))
+    elif table == 2:
+        methods = _ordered((r.method for r in rows), TABLE2_METHODS)
+        header = ["Fusion"] + [
+            f"{PAPER_CORPORA.get(c, c)} {METHOD_TITLES.get(f, f)} {METRICS[m]}"
+            for c in corpora for f in methods for m in metrics
+        ]
+        lines = [_md_line(header), _md_line(["---"] * len(header))]
+        for label in labels:
+            cells = [index.get((f, label, c, m)) for c in corpora for f in methods for m in metrics]
+            lines.append(_md_line([label] + [format_cell(x) for x in cells]))
+    else:
+        raise ValueError(f"table must be 1 or 2, got {table!r}")
+    legend = (
+        f"Table {table}: scores in %, ours as mean ± sample std over folds and seeds; "
+        "in brackets the paper's number and ours minus the paper's (percentage points)."
+    )
+    return "\n".join(lines) + "\n\n" + legend + "\n"
+
+
+def _md_line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+CSV_FIELDS = ("table", "method", "encoders", "corpus", "metric", "mean", "std", "n", "paper", "diff")
+
+
+def write_csv(rows: Sequence[TableRow], path: Path) -> None:
+    """One line per (method, encoders, corpus, metric); empty paper/diff where the paper has none."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for r in rows:
+            writer.writerow([
+                r.table, r.method, r.abbrev, r.corpus, r.metric, f"{r.mean:.4f}", f"{r.std:.4f}", r.n,
+                "" if r.paper is None else f"{r.paper:.2f}", "" if r.diff is None else f"{r.diff:.4f}",
+            ])
+
+
+def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequence[str] = ()) -> None:
+    """Accuracy per cell: ours as a bar with its std, the paper's number as a diamond; a panel per corpus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = [r for r in rows if r.metric == "accuracy"]
+    corpora = _corpus_order(acc)
+    method_order = TABLE1_METHODS if table == 1 else TABLE2_METHODS
+    labels = _row_order(acc, row_order)
+    methods = _ordered((r.method for r in acc), method_order)
+    entries = [(m, lab) for m in methods for lab in labels]
+    index = {(r.method, r.abbrev, r.corpus): r for r in acc}
+    height = max(2.5, 0.28 * len(entries) + 1.2)
+    fig, axes = plt.subplots(1, len(corpora), figsize=(4.5 * len(corpora), height), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        shown = [(m, lab) for m, lab in entries if (m, lab, corpus) in index]
+        y = np.arange(len(shown))
+        got = [index[(m, lab, corpus)] for m, lab in shown]
+        ax.barh(y, [r.mean for r in got], xerr=[r.std for r in got], color="tab:blue", alpha=0.7,
+                label="ours (mean ± std)")
+        paper_y = [i for i, r in enumerate(got) if r.paper is not None]
+        if paper_y:
+            ax.plot([got[i].paper for i in paper_y], paper_y, "kD", markersize=4, label="paper")
+        ax.set_yticks(y, [f"{METHOD_TITLES.get(m, m)} {lab}" for m, lab in shown], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("accuracy (%)")
+        ax.set_title(PAPER_CORPORA.get(corpus, corpus))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Table {table}: ours vs the paper")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix (x: predicted, y: true, as the paper's Figure 3), counts annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion)
+    k = len(class_names)
+    if confusion.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {confusion.shape} for {k} classes {list(class_names)}")
+    totals = confusion.sum(axis=1, keepdims=True)
+    rates = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.7 * k))
+    ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{confusion[i, j]}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tsne_embedding(activations: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of [N, D] activations (sklearn, PCA init, perplexity min(30, (N - 1) / 3))."""
+    from sklearn.manifold import TSNE
+
+    activations = np.asarray(activations, dtype=np.float64)
+    n = activations.shape[0]
+    if activations.ndim != 2 or n < 5:
+        raise ValueError(f"t-SNE needs a [N >= 5, D] matrix, got shape {activations.shape}")
+    if not np.isfinite(activations).all():
+        raise ValueError("t-SNE input holds NaN or inf activations")
+    perplexity = min(30.0, (n - 1) / 3.0)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(activations)
+
+
+def plot_tsne(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
+              path: Path) -> None:
+    """Scatter of 2-D points coloured by true class (the paper's Figure 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = np.asarray(points)
+    labels = np.asarray(labels)
+    if points.shape != (labels.shape[0], 2):
+        raise ValueError(f"t-SNE points of shape {points.shape} for {labels.shape[0]} labels")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for c, name in enumerate(class_names):
+        mask = labels == c
+        ax.scatter(points[mask, 0], points[mask, 1], s=8, color=cmap(c % 10), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=1.5, loc="best")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tables(cells: Sequence[CellRecord], out: Path, row_order: Sequence[str] = (),
+                 paper: dict[PaperKey, dict[str, float]] | None = None) -> dict[int, str]:
+    """Write table{1,2}.md/.csv/.png for the tables that have cells; returns {table: markdown}."""
+    paper = read_paper_tables() if paper is None else paper
+    written = {}
+    for table in (1, 2):
+        rows = table_rows(cells, table, paper)
+        if not rows:
+            continue
+        text = markdown_table(rows, table, row_order)
+        (out / f"table{table}.md").write_text(text)
+        write_csv(rows, out / f"table{table}.csv")
+        plot_table(rows, table, out / f"table{table}.png", row_order)
+        written[table] = text
+    return written
+

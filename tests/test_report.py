@@ -1,0 +1,129 @@
+"""parrot_jax.report: table layout, paper numbers beside ours, plots."""
+
+from __future__ import annotations
+
+import csv
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from parrot_jax.report import (
+    CellRecord,
+    markdown_table,
+    plot_confusion,
+    plot_tsne,
+    read_paper_tables,
+    table_rows,
+    tsne_embedding,
+    write_tables,
+)
+
+CLASSES = ("anger", "neutral", "sadness")
+
+
+def _cell(corpus, table, method, encoders, abbrev, acc, f1):
+    return CellRecord(
+        corpus=corpus, table=table, method=method, encoders=tuple(encoders), abbrev=abbrev,
+        runs={"accuracy": tuple(acc), "macro_f1": tuple(f1), "uar": tuple(acc)},
+        confusion=np.array([[5, 1, 0], [0, 6, 0], [1, 0, 4]]), class_names=CLASSES,
+        name=f"{corpus}-{method}-{abbrev}",
+    )
+
+
+def _cells():
+    return [
+        _cell("emodb", 2, "parrot", ["ssam-base", "hubert-base"], "A(B)+H", [0.91, 0.93], [0.90, 0.92]),
+        _cell("emodb", 2, "concat", ["ssam-base", "hubert-base"], "A(B)+H", [0.90, 0.90], [0.88, 0.88]),
+        _cell("emodb", 2, "parrot", ["mfcc-stats", "logmel-stats"], "MFCC+LogMel", [0.5], [0.4]),
+        _cell("cremad", 2, "parrot", ["ssam-base", "hubert-base"], "A(B)+H", [0.70, 0.74], [0.7, 0.7]),
+        _cell("emodb", 1, "svm", ["wavlm-base"], "W", [0.85, 0.86], [0.84, 0.85]),
+        _cell("emodb", 1, "cnn", ["wavlm-base"], "W", [0.89, 0.89], [0.88, 0.88]),
+    ]
+
+
+def test_score_is_mean_and_sample_std_in_percent():
+    cell = _cells()[0]
+    mean, std = cell.score("accuracy")
+    assert mean == pytest.approx(92.0)
+    assert std == pytest.approx(np.std([91.0, 93.0], ddof=1))
+    assert _cells()[2].score("accuracy") == (50.0, 0.0)
+
+
+def test_non_finite_scores_are_refused():
+    cell = _cell("emodb", 1, "svm", ["w"], "W", [0.5, float("nan")], [0.5, 0.5])
+    with pytest.raises(ValueError, match="cell emodb-svm-W: non-finite accuracy"):
+        cell.score("accuracy")
+
+
+def test_table2_markdown_has_the_paper_layout_and_numbers():
+    paper = read_paper_tables()
+    text = markdown_table(table_rows(_cells(), 2, paper), 2, row_order=["A(B)+H"])
+    lines = text.splitlines()
+    # Columns as the paper: corpus (paper order: CREMA-D before Emo-DB) x fusion x {Acc, F1}.
+    assert lines[0] == (
+        "| Fusion | CREMA-D Concatenation Acc | CREMA-D Concatenation F1 | CREMA-D PARROT Acc | CREMA-D PARROT F1"
+        " | Emo-DB Concatenation Acc | Emo-DB Concatenation F1 | Emo-DB PARROT Acc | Emo-DB PARROT F1 |"
+    )
+    # Paper: Emo-DB A(B)+H Concat 89.92 / 88.24, PARROT 92.24 / 91.53; CREMA-D PARROT 73.68 / 72.90.
+    assert lines[2] == (
+        "| A(B)+H | – | – | 72.00 ± 2.83 (73.68; -1.68) | 70.00 ± 0.00 (72.90; -2.90)"
+        " | 90.00 ± 0.00 (89.92; +0.08) | 88.00 ± 0.00 (88.24; -0.24)"
+        " | 92.00 ± 1.41 (92.24; -0.24) | 91.00 ± 1.41 (91.53; -0.53) |"
+    )
+    # A pair the paper never ran: ours alone.
+    assert lines[3] == "| MFCC+LogMel | – | – | – | – | – | – | 50.00 ± 0.00 | 40.00 ± 0.00 |"
+
+
+def test_table1_markdown_groups_rows_by_downstream():
+    paper = read_paper_tables()
+    lines = markdown_table(table_rows(_cells(), 1, paper), 1).splitlines()
+    assert lines[0] == "| PTM | Emo-DB Acc | Emo-DB F1 |"
+    assert lines[2:] [:4] == [
+        "| **SVM** |  |  |",
+        "| W | 85.50 ± 0.71 (85.09; +0.41) | 84.50 ± 0.71 (84.63; -0.13) |",
+        "| **CNN** |  |  |",
+        "| W | 89.00 ± 0.00 (89.14; -0.14) | 88.00 ± 0.00 (88.69; -0.69) |",
+    ]
+
+
+def test_write_tables_csv_and_png(tmp_path):
+    written = write_tables(_cells(), tmp_path, row_order=["W", "A(B)+H"])
+    assert set(written) == {1, 2}
+    with (tmp_path / "table2.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 * 2  # 4 table-2 cells x {accuracy, macro_f1}
+    parrot = next(r for r in rows if r["corpus"] == "emodb" and r["method"] == "parrot"
+                  and r["encoders"] == "A(B)+H" and r["metric"] == "accuracy")
+    assert float(parrot["mean"]) == pytest.approx(92.0)
+    assert float(parrot["paper"]) == 92.24
+    assert float(parrot["diff"]) == pytest.approx(-0.24)
+    ours_only = next(r for r in rows if r["encoders"] == "MFCC+LogMel" and r["metric"] == "macro_f1")
+    assert ours_only["paper"] == "" and ours_only["diff"] == ""
+    for table in (1, 2):
+        image = matplotlib.image.imread(tmp_path / f"table{table}.png")
+        assert image.ndim == 3 and min(image.shape[:2]) > 200
+        assert image[..., :3].std() > 0.05  # something is drawn
+
+
+def test_confusion_plot_checks_its_shape(tmp_path):
+    path = tmp_path / "c.png"
+    plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], "t", path)
+    assert matplotlib.image.imread(path).shape[0] > 100
+    with pytest.raises(ValueError, match=r"confusion matrix of shape \(2, 2\) for 3 classes"):
+        plot_confusion(np.eye(2), ["a", "b", "c"], "t", path)
+
+
+def test_tsne_keeps_separated_classes_apart(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 16)) * 20.0
+    points = tsne_embedding(centres[labels] + rng.normal(size=(60, 16)))
+    assert points.shape == (60, 2)
+    # Every point's nearest neighbour in the 2-D map is of its own class.
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(60) * 1e9
+    assert (labels[d.argmin(axis=1)] == labels).all()
+    plot_tsne(points, labels, CLASSES, "t", tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="t-SNE input holds NaN"):
+        tsne_embedding(np.full((6, 2), np.nan))
