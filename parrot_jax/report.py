@@ -251,9 +251,10 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
         ax.set_xlim(0, 100)
         ax.set_xlabel("accuracy (%)")
         ax.set_title(PAPER_CORPORA.get(corpus, corpus))
-        ax.legend(fontsize=7, loc="lower right")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
     fig.suptitle(f"Table {table}: ours vs the paper")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.6 / height, 1.0, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
