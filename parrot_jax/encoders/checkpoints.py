@@ -1,0 +1,416 @@
+"""Read checkpoint files without importing torch, and load their tensors into Flax parameter trees.
+
+Two file formats:
+
+* **safetensors**: ``u64 n`` + ``n`` bytes of JSON header ``{name: {dtype, shape, data_offsets}}`` + raw
+  little-endian data; read here with numpy (memory-mapped), bfloat16 through ``ml_dtypes``.
+* **PyTorch zip** (``torch.save`` since 1.6, ``.bin``/``.pth``/``.pt``): a zip holding ``<root>/data.pkl``
+  (a pickle whose tensors point, through persistent ids, at storages) and ``<root>/data/<key>`` (the raw
+  bytes of each storage). The pickle is read by a *restricted* unpickler: the only globals it resolves
+  are the tensor-rebuild functions, storage types and dtypes of torch (mapped to our own numpy code),
+  and ``collections.OrderedDict``. Any other global is refused with an error naming it, so a malicious
+  checkpoint cannot construct arbitrary objects or run code. Globals the caller names as *inert*
+  (e.g. ``argparse.Namespace`` in a training checkpoint) become an :class:`InertRecord` holding the
+  module, name, arguments and state: a record, never an instance of the named class.
+
+Loading: :func:`load_params` fills a parameter template from a state dict through a ``rename`` function
+(torch key -> Flax path + transform) and raises one :class:`CheckpointMismatch` listing every missing,
+unexpected and mis-shaped weight.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pickle
+import re
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import ml_dtypes
+import numpy as np
+
+# torch storage class / dtype name -> numpy dtype. Floats the checkpoints hold, plus integers and bool
+# (buffers such as position ids).
+_TORCH_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "half": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float64": np.dtype(np.float64),
+    "double": np.dtype(np.float64),
+    "int64": np.dtype(np.int64),
+    "long": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "short": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+}
+_STORAGE_DTYPES: dict[str, np.dtype] = {
+    "FloatStorage": _TORCH_DTYPES["float32"],
+    "HalfStorage": _TORCH_DTYPES["float16"],
+    "BFloat16Storage": _TORCH_DTYPES["bfloat16"],
+    "DoubleStorage": _TORCH_DTYPES["float64"],
+    "LongStorage": _TORCH_DTYPES["int64"],
+    "IntStorage": _TORCH_DTYPES["int32"],
+    "ShortStorage": _TORCH_DTYPES["int16"],
+    "CharStorage": _TORCH_DTYPES["int8"],
+    "ByteStorage": _TORCH_DTYPES["uint8"],
+    "BoolStorage": _TORCH_DTYPES["bool"],
+    "UntypedStorage": _TORCH_DTYPES["uint8"],
+}
+_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
+    "F32": _TORCH_DTYPES["float32"],
+    "F16": _TORCH_DTYPES["float16"],
+    "BF16": _TORCH_DTYPES["bfloat16"],
+    "F64": _TORCH_DTYPES["float64"],
+    "I64": _TORCH_DTYPES["int64"],
+    "I32": _TORCH_DTYPES["int32"],
+    "I16": _TORCH_DTYPES["int16"],
+    "I8": _TORCH_DTYPES["int8"],
+    "U8": _TORCH_DTYPES["uint8"],
+    "BOOL": _TORCH_DTYPES["bool"],
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely or is not what was expected."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint whose weights do not fit the model: lists every problem at once."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as numpy arrays (memory-mapped, read-only)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: safetensors header is not JSON ({e})") from None
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if header else None
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}"
+            )
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end - begin != int(np.prod(shape)) * dtype.itemsize or end > data.size:
+            raise CheckpointError(f"{path}: tensor {name!r} has offsets {begin}..{end} that do not fit shape {shape}")
+        out[name] = data[begin:end].view(dtype).reshape(shape)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch zip checkpoints
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """A torch storage: a flat numpy array of its dtype."""
+
+    data: np.ndarray
+
+
+@dataclass
+class InertRecord:
+    """A global the caller declared inert, recorded instead of built: ``module.name(*args)`` + state."""
+
+    module: str
+    name: str
+    args: tuple = ()
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # pickle's BUILD lands here, never on a real class
+        self.state = state
+
+
+def _inert_type(module: str, name: str) -> type:
+    """A type standing for ``module.name``: calling it (REDUCE) or ``__new__`` (NEWOBJ) gives a record."""
+
+    def new(cls, *args, **kwargs):
+        return InertRecord(module, name, args, kwargs or None)
+
+    return type(f"Inert_{name}", (), {"__new__": new})
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *rest: Any) -> np.ndarray:
+    """numpy twin of ``torch._utils._rebuild_tensor_v2`` (rest: requires_grad, hooks[, metadata])."""
+    metadata = rest[2] if len(rest) > 2 else None
+    if metadata:
+        raise CheckpointError(f"tensor with metadata {metadata!r} (conjugate/negative views) is not supported")
+    return _view(storage.data, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage: _Storage, offset: int, size: tuple, stride: tuple, requires_grad: bool,
+                       hooks: Any, dtype: np.dtype, metadata: Any = None) -> np.ndarray:
+    """numpy twin of ``torch._utils._rebuild_tensor_v3``: the storage is untyped bytes, `dtype` says how to read."""
+    if metadata:
+        raise CheckpointError(f"tensor with metadata {metadata!r} (conjugate/negative views) is not supported")
+    return _view(storage.data.view(dtype), offset, size, stride)
+
+
+def _view(flat: np.ndarray, offset: int, size: tuple, stride: tuple) -> np.ndarray:
+    """The tensor ``flat[offset + sum_i idx_i * stride_i]`` of shape `size`, copied to a contiguous array."""
+    size, stride = tuple(size), tuple(stride)
+    if size and (min(size) > 0):
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if offset < 0 or min(stride) < 0 or last >= flat.size:
+            raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {offset} overruns its storage")
+    base = flat[offset:]
+    item = flat.dtype.itemsize
+    return np.array(np.lib.stride_tricks.as_strided(base, size, [s * item for s in stride]))
+
+
+def _rebuild_parameter(data: np.ndarray, *rest: Any) -> np.ndarray:
+    """``torch._utils._rebuild_parameter[_with_state]``: a Parameter is its data here."""
+    return data
+
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    **{("torch", name): dtype for name, dtype in _TORCH_DTYPES.items()},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals above (plus storage types and the caller's inert globals)."""
+
+    def __init__(self, file: Any, storage: Callable[[str, np.dtype, int], np.ndarray],
+                 inert_globals: frozenset[str], source: str):
+        super().__init__(file)
+        self._storage = storage
+        self._inert = inert_globals
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if f"{module}.{name}" in self._inert:
+            return _inert_type(module, name)
+        raise CheckpointError(
+            f"{self._source}: refuses the global {module}.{name}: only tensors and plain containers are read "
+            f"(pass inert_globals={{'{module}.{name}'}} to record it without constructing it, if you trust it)"
+        )
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+            raise CheckpointError(f"{self._source}: unexpected persistent id {pid!r}; expected a torch storage")
+        _, dtype, key, _location, numel = pid
+        if not isinstance(dtype, np.dtype):
+            raise CheckpointError(f"{self._source}: storage {key!r} has type {dtype!r}; expected a storage type")
+        return _Storage(self._storage(str(key), dtype, int(numel)))
+
+
+def read_torch_file(path: str | Path, inert_globals: Iterable[str] = ()) -> Any:
+    """The object a ``torch.save`` zip file holds, as dicts/lists/tuples of numpy arrays.
+
+    `inert_globals` names globals (``"argparse.Namespace"``) to keep as :class:`InertRecord`; any other
+    global besides tensors, dtypes and ``OrderedDict`` raises :class:`CheckpointError` naming it.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a zip file; expected a PyTorch checkpoint saved by torch>=1.6 (the legacy format is not read)"
+        )
+    with zipfile.ZipFile(path) as zf:
+        pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path}: expected one <root>/data.pkl in the zip, found {pickles or 'none'}")
+        root = pickles[0][: -len("data.pkl")]
+        little = zf.read(root + "byteorder") != b"big" if root + "byteorder" in zf.namelist() else True
+        cache: dict[str, np.ndarray] = {}
+
+        def storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+            if key not in cache:
+                cache[key] = _read_record(path, zf, f"{root}data/{key}", dtype, numel, little)
+            return cache[key]
+
+        return _RestrictedUnpickler(zf.open(pickles[0]), storage, frozenset(inert_globals), str(path)).load()
+
+
+def _read_record(path: Path, zf: zipfile.ZipFile, name: str, dtype: np.dtype, numel: int,
+                 little: bool) -> np.ndarray:
+    """The storage `name` as a flat array: memory-mapped where stored uncompressed (torch's way)."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise CheckpointError(f"{path}: storage record {name!r} is missing") from None
+    if info.file_size != numel * dtype.itemsize:
+        raise CheckpointError(f"{path}: {name} holds {info.file_size} bytes; expected {numel} x {dtype}")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        flat = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,)) if numel else np.zeros(0, np.uint8)
+    else:
+        flat = np.frombuffer(zf.read(name), dtype=np.uint8)
+    flat = flat.view(dtype)
+    return flat if little else flat.byteswap()
+
+
+# ---------------------------------------------------------------------------------------------------
+# state dicts
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Flat ``{name: array}`` of a .safetensors file or a PyTorch zip (.bin/.pth/.pt) state dict.
+
+    A torch file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (training checkpoints) is
+    unwrapped when that is its only dict of arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    obj = read_torch_file(path)
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = [v for k, v in obj.items() if k in ("state_dict", "model") and _is_state_dict(v)]
+        if len(inner) == 1:
+            obj = inner[0]
+    if not _is_state_dict(obj):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of name -> tensor")
+    return dict(obj)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+
+
+def fold_weight_norm(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Replace weight-norm pairs by the weight they stand for: ``w = g * v / ||v||``.
+
+    Both forms: ``<m>.weight_g``/``<m>.weight_v`` (``torch.nn.utils.weight_norm``) and
+    ``<m>.parametrizations.weight.original0``/``original1`` (its parametrization form). The norm of v
+    is taken over every axis where g has size 1 (g keeps the axis named by ``dim``).
+    """
+    out = dict(state)
+    forms = [("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")]
+    for g_suffix, v_suffix in forms:
+        for g_key in [k for k in state if k == g_suffix or k.endswith("." + g_suffix)]:
+            stem = g_key[: -len(g_suffix)]  # "" or "<module>."
+            v_key = stem + v_suffix
+            if v_key not in state:
+                raise CheckpointMismatch(f"weight norm: {g_key} has no matching {v_key}")
+            g = np.asarray(state[g_key], np.float32)
+            v = np.asarray(state[v_key], np.float32)
+            if g.ndim != v.ndim or any(a not in (1, b) for a, b in zip(g.shape, v.shape)):
+                raise CheckpointMismatch(f"weight norm: {g_key} {g.shape} does not broadcast against {v_key} {v.shape}")
+            axes = tuple(i for i, n in enumerate(g.shape) if n == 1)
+            norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
+            out[stem + "weight"] = (g * v / norm).astype(np.asarray(state[v_key]).dtype)
+            del out[g_key], out[v_key]
+    return out
+
+
+def strip_prefix(state: Mapping[str, np.ndarray], prefixes: Iterable[str]) -> dict[str, np.ndarray]:
+    """Remove the first of `prefixes` (``"wav2vec2."``, ...) that some key starts with, from every key having it."""
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return dict(state)
+
+
+def drop_keys(state: Mapping[str, np.ndarray], patterns: Iterable[str]) -> dict[str, np.ndarray]:
+    """`state` without the keys matching any regex in `patterns` (heads the encoder never uses)."""
+    compiled = [re.compile(p) for p in patterns]
+    return {k: v for k, v in state.items() if not any(c.match(k) for c in compiled)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading into a Flax parameter tree
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight [out, in] -> Flax Dense kernel [in, out]."""
+    return w.T
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv1d weight [out, in/groups, k] -> Flax Conv kernel [k, in/groups, out]."""
+    return w.transpose(2, 1, 0)
+
+
+@dataclass
+class _Problems:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    misshaped: list[str] = field(default_factory=list)
+
+
+def load_params(template: Any, state: Mapping[str, np.ndarray],
+                rename: Callable[[str], tuple[str, Transform] | None], source: str = "checkpoint",
+                dtype: np.dtype = np.float32) -> Any:
+    """Fill `template` (a pytree of arrays or ShapeDtypeStructs, e.g. from ``jax.eval_shape(model.init, ...)``)
+    with the tensors of `state`.
+
+    `rename(torch_key)` gives the Flax path (``"/"``-joined dict keys, e.g. ``"encoder/layer_0/q/kernel"``)
+    and a transform, or None for a key the model does not know. Raises one :class:`CheckpointMismatch`
+    listing every missing, unexpected and mis-shaped weight.
+    """
+    wanted = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+              for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
+    found: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    problems = _Problems()
+    for key in sorted(state):
+        target = rename(key)
+        if target is None or target[0] not in wanted:
+            problems.unexpected.append(key)
+            continue
+        flax_path, transform = target
+        value = transform(np.asarray(state[key]))
+        if flax_path in found:
+            raise CheckpointMismatch(f"{source}: {origin[flax_path]} and {key} both map to {flax_path}")
+        if tuple(value.shape) != tuple(wanted[flax_path].shape):
+            problems.misshaped.append(f"{key} -> {flax_path}: {tuple(value.shape)} (expected {tuple(wanted[flax_path].shape)})")
+            continue
+        found[flax_path] = value.astype(dtype)
+        origin[flax_path] = key
+    problems.missing = sorted(set(wanted) - set(found) - {p.split(" -> ")[1].split(":")[0] for p in problems.misshaped})
+    if problems.missing or problems.unexpected or problems.misshaped:
+        lines = [f"{source}: weights do not match the model"]
+        for title, items in (("missing", problems.missing), ("unexpected", problems.unexpected),
+                             ("mis-shaped", problems.misshaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+        raise CheckpointMismatch("\n".join(lines))
+    leaves = [found[p] for p in wanted]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
