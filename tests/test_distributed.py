@@ -1,0 +1,271 @@
+"""parrot_jax.distributed: device selection, lane sharding with padding, multi-host helpers.
+
+Simulated devices need XLA_FLAGS set before jax is imported, so those checks run in a subprocess
+(`run_with_devices`) that prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from parrot_jax import distributed as dist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_with_devices(code: str, devices: int = 4, env: dict[str, str] | None = None) -> dict:
+    """Run `code` in a fresh Python with `devices` simulated CPU devices; its last stdout line is JSON."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_"))}
+    full_env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+        **(env or {}),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- environment parsing (no devices touched) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({}, False),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+        ({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}, False),
+        ({"SLURM_NTASKS": "8"}, True),
+        ({"OMPI_COMM_WORLD_SIZE": "1"}, False),
+        ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "t1v-0"}, False),
+        ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, True),
+        ({"SLURM_NTASKS": "8", "PARROT_DISTRIBUTED": "0"}, False),
+        ({"PARROT_DISTRIBUTED": "1"}, True),
+    ],
+)
+def test_multihost_requested_reads_the_usual_launch_variables(environ, expected):
+    assert dist.multihost_requested(environ) is expected
+
+
+def test_multihost_errors_name_the_variable():
+    with pytest.raises(ValueError, match=r"PARROT_DISTRIBUTED='yes': expected 0 or 1"):
+        dist.multihost_requested({"PARROT_DISTRIBUTED": "yes"})
+    env = {"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2"}
+    with pytest.raises(ValueError, match=r"JAX_PROCESS_ID must be a non-negative integer; got ''"):
+        dist.initialize_multihost(env)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 13, 100])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_host_rows_partition_every_row_once_in_order(n, count):
+    parts = [dist.host_rows(n, p, count) for p in range(count)]
+    assert [i for part in parts for i in part] == list(range(n))
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_pad_leading_repeats_the_last_lane_and_checks_leaves():
+    import numpy as np
+
+    tree = {"a": np.arange(6).reshape(3, 2), "b": np.array([1.0, 2.0, 3.0])}
+    padded = dist.pad_leading(tree, 5)
+    np.testing.assert_array_equal(padded["a"], [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
+    np.testing.assert_array_equal(padded["b"], [1, 2, 3, 3, 3])
+    with pytest.raises(ValueError, match="same leading"):
+        dist.pad_leading({"a": np.zeros(3), "b": np.zeros(4)}, 4)
+    with pytest.raises(ValueError, match="cannot pad 3 lanes down to 2"):
+        dist.pad_leading(tree, 2)
+
+
+# --- four simulated devices --------------------------------------------------------------------
+
+
+def test_select_devices_specs_and_errors():
+    out = run_with_devices(
+        """
+        import json
+        from parrot_jax import distributed as dist
+        ids = lambda spec: [d.id for d in dist.select_devices(spec)]
+        errors = {}
+        for spec in ["5", "0", "ids:7", "ids:1,1", "ids:a", "gpu"]:
+            try:
+                dist.select_devices(spec)
+            except ValueError as e:
+                errors[spec] = str(e)
+        print(json.dumps({"all": ids("all"), "two": ids("2"), "picked": ids("ids:3,1"),
+                          "env": ids(None), "errors": errors}))
+        """,
+        env={"PARROT_DEVICES": "3"},
+    )
+    assert out["all"] == [0, 1, 2, 3]
+    assert out["two"] == [0, 1]
+    assert out["picked"] == [3, 1]
+    assert out["env"] == [0, 1, 2]
+    errors = out["errors"]
+    assert errors["5"] == "devices spec '5': expected a count between 1 and 4 (devices available)"
+    assert errors["0"] == errors["5"].replace("'5'", "'0'")
+    assert errors["ids:7"] == "devices spec 'ids:7': ids must be distinct and among [0, 1, 2, 3]; unknown [7]"
+    assert errors["ids:1,1"].endswith("repeated ids")
+    assert errors["ids:a"] == "devices spec 'ids:a': expected ids:<int>,<int>,..."
+    assert errors["gpu"] == "devices spec 'gpu': expected 'all', a device count N, or 'ids:i,j,...'"
+
+
+def test_shard_leading_packs_and_pads_lanes_per_device():
+    out = run_with_devices(
+        """
+        import json
+        import jax, numpy as np
+        from parrot_jax import distributed as dist
+        mesh = dist.make_mesh()
+        tree = {"x": np.arange(5 * 3, dtype=np.float32).reshape(5, 3),
+                "key": jax.random.split(jax.random.key(0), 5)}
+        sharded = dist.shard_leading(tree, mesh)
+        x = sharded["x"]
+        back = dist.gather(sharded, 5)
+        print(json.dumps({
+            "shape": list(x.shape),
+            "per_device": sorted({s.data.shape[0] for s in x.addressable_shards}),
+            "devices": sorted(s.device.id for s in x.addressable_shards),
+            "padding": np.asarray(x)[5:].tolist(),
+            "x_back": back["x"].tolist(),
+            "key_is_key": bool(jax.dtypes.issubdtype(sharded["key"].dtype, jax.dtypes.prng_key)),
+            "key_same": bool((back["key"] == np.asarray(jax.random.key_data(tree["key"]))).all()),
+            "nine_on_two": list(dist.shard_leading(np.zeros((9, 2)), dist.make_mesh(jax.devices()[:2])).shape),
+        }))
+        """
+    )
+    assert out["shape"] == [8, 3]  # 5 lanes on 4 devices: padded to 8, 2 lanes per device
+    assert out["per_device"] == [2]
+    assert out["devices"] == [0, 1, 2, 3]
+    assert out["padding"] == [[12.0, 13.0, 14.0]] * 3  # copies of the last real lane
+    assert out["x_back"] == [[3.0 * i, 3.0 * i + 1, 3.0 * i + 2] for i in range(5)]
+    assert out["key_is_key"] and out["key_same"]
+    assert out["nine_on_two"] == [10, 2]
+
+
+# A vmapped, jitted loop (SGD on a small MLP, per-lane data, RNG and dropout) run on one device and
+# with its lanes sharded over `mesh`; `compare(mesh)` reports both results' difference.
+TOY_TRAINING = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from parrot_jax import distributed as dist
+
+    def compare(mesh):
+        lanes, n, d, h = 6, 64, 12, 16
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32))
+        y = jnp.asarray(rng.integers(0, 3, size=n))
+        idx = np.stack([rng.permutation(n)[:48] for _ in range(lanes)])  # per-lane training rows
+
+        def init(key):
+            k1, k2 = jax.random.split(key)
+            return {"w1": jax.random.normal(k1, (d, h)) * 0.3, "w2": jax.random.normal(k2, (h, 3)) * 0.3}
+
+        def loss(p, key, rows):
+            keep = jax.random.bernoulli(key, 0.8, (rows.shape[0], h))
+            z = jnp.where(keep, jax.nn.relu(x[rows] @ p["w1"]), 0.0) / 0.8
+            logp = jax.nn.log_softmax(z @ p["w2"])
+            return -jnp.take_along_axis(logp, y[rows][:, None], 1).mean()
+
+        @jax.jit
+        @jax.vmap
+        def step(p, key, rows):
+            key, sub = jax.random.split(key)
+            g = jax.grad(loss)(p, sub, rows)
+            return jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, p, g), key
+
+        def train(state):
+            p, key, rows = state
+            for s in range(20):
+                p, key = step(p, key, rows[:, (s % 6) * 8:(s % 6) * 8 + 8])
+            return p
+
+        keys = jax.random.split(jax.random.key(1), lanes)
+        params = jax.vmap(init)(keys)
+        one = dist.gather(train((params, keys, jnp.asarray(idx))))
+        sharded = train(dist.shard_leading((params, keys, idx), mesh))
+        many = dist.gather(sharded, lanes)
+        return {
+            "diff": max(float(np.abs(one[k] - many[k]).max()) for k in one),
+            "equal": all(np.array_equal(one[k], many[k]) for k in one),
+            "spread": sorted({s.device.id for s in sharded["w1"].addressable_shards}),
+            "lanes": int(many["w1"].shape[0]),
+        }
+    """
+)
+
+
+def test_sharded_vmapped_training_equals_one_device():
+    """The property the trainer relies on: lanes sharded over 4 devices give the one-device numbers."""
+    out = run_with_devices(TOY_TRAINING + "\nprint(json.dumps(compare(dist.make_mesh())))")
+    assert out["spread"] == [0, 1, 2, 3]
+    assert out["lanes"] == 6
+    assert out["equal"], out  # bitwise: lanes never interact, so sharding changes no arithmetic
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_share_one_mesh():
+    """jax.distributed on CPU: 2 processes x 2 devices form one 4-device mesh; each process gets the
+    whole result, equal to its own one-device run, and its own share of rows."""
+    code = TOY_TRAINING + textwrap.dedent(
+        """
+    dist.initialize_multihost()
+    mesh = dist.make_mesh()
+    out = compare(mesh)
+    out.update(process=jax.process_index(), count=jax.process_count(), devices=len(jax.devices()),
+               local=len(jax.local_devices()), rows=list(dist.host_rows(10)),
+               coordinator=dist.is_coordinator())
+    dist.barrier("test-done")
+    print(json.dumps(out))
+    """
+    )
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_"))}
+        env.update(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=str(REPO),
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(rank),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(code)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-4000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    for rank, out in enumerate(outs):
+        assert (out["process"], out["count"], out["devices"], out["local"]) == (rank, 2, 4, 2)
+        assert out["lanes"] == 6 and out["equal"], out
+        assert out["coordinator"] is (rank == 0)
+    assert len(outs[0]["spread"]) == len(outs[1]["spread"]) == 2  # each process holds its 2 devices' lanes
+    assert outs[0]["rows"] == [0, 1, 2, 3, 4] and outs[1]["rows"] == [5, 6, 7, 8, 9]
