@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -221,6 +221,24 @@ def gather(tree: PyTree, n: int | None = None) -> PyTree:
         return x if n is None else x[:n]
 
     return jax.tree_util.tree_map(fetch, tree)
+
+
+def data_parallel(fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, mesh: Mesh) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> fn(params, x) as numpy, x's leading (batch) axis split over `mesh`.
+
+    `params` are copied to every device once, here; each call pads x to a multiple of the device
+    count (repeating its last row), places one slice per device, runs `fn` (a jitted batch function
+    whose row i depends on x[i] only: an encoder's forward) and cuts the result back to len(x) rows.
+    `mesh` should hold this process's devices only (`local_mesh`): each host embeds its own part.
+    """
+    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+        raise ValueError("data_parallel needs a mesh of this process's devices (see local_mesh)")
+    placed = replicate(params, mesh)
+
+    def call(x: np.ndarray) -> np.ndarray:
+        return gather(fn(placed, shard_leading(np.asarray(x), mesh)), len(x))
+
+    return call
 
 
 def host_rows(n: int, process_index: int | None = None, process_count: int | None = None) -> range:
