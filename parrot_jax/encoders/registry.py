@@ -56,6 +56,9 @@ ENCODERS: dict[str, EncoderEntry] = {
         EncoderEntry("wav2vec2-base", "parrot_jax.encoders.wav2vec2:build", "attention", "W2", 768, True),
         EncoderEntry("unispeech-sat-base", "parrot_jax.encoders.wav2vec2:build", "attention", "U", 768, True),
         EncoderEntry("mms-1b", "parrot_jax.encoders.wav2vec2:build", "attention", "M", 1280, True),
+        EncoderEntry("mfcc-stats", "parrot_jax.encoders.classical:build", "classical", "MFCC", 160, False),
+        EncoderEntry("logmel-stats", "parrot_jax.encoders.classical:build", "classical", "LMEL", 128, False),
+        EncoderEntry("egemaps", "parrot_jax.encoders.classical:build", "classical", "eGeMAPS", 88, False),
     ]
 }
 

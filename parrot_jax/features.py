@@ -1,0 +1,529 @@
+"""The feature store: one float32 matrix per (corpus, encoder), written atomically and resumably.
+
+Layout under ``out/<corpus>/``:
+
+- ``manifest.json``: the corpus manifest (every utterance, in `load_manifest` order). Its hash is
+  sha256 of the canonical JSON of the utterance list (sorted keys, no spaces).
+- ``<encoder>.npy``: float32 [N, D], one row per accepted utterance, in manifest order.
+- ``<encoder>.json``: encoder name, its ``metadata()`` (config, checkpoint hash, pooling), dim, sample
+  rate, row ids, manifest hash, the sha256 of the ``.npy`` file (the content hash the grid uses to decide
+  whether a finished cell is still valid), rejects, package version. Written last: its presence with a
+  matching fingerprint is what "finished" means.
+- ``<encoder>.rejects.tsv``: ``id  path  reason`` of each file left out (``on_error="skip"``).
+
+Resumability: the manifest is cut into chunks of ``batch_size`` consecutive utterances; each finished chunk
+is written atomically (temporary file, fsync, rename) to ``.partial/<encoder>/chunk_<k>.npz``. A run killed
+at any point (SIGKILL included) and started again skips the chunks already there, then assembles the same
+bytes an uninterrupted run writes. Partial work is discarded when the fingerprint (encoder metadata, manifest
+hash, batch size, on_error) changes. One extraction at a time per store (no locking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
+
+import numpy as np
+
+from parrot_jax import __version__
+from parrot_jax.audio import AudioError, check_length, load_audio
+from parrot_jax.corpora import LABELS, Utterance, generate_demo_corpus, load_manifest, resolve_inside
+from parrot_jax.encoders import registry
+
+FORMAT_VERSION = 1
+DEFAULT_DEMO_ROOT = Path("demo_corpus")  # where `extract(corpus="demo", root=None)` generates the demo
+MMAP_BYTES = 64 << 20  # load_features memory-maps matrices larger than this by default
+ON_ERROR = ("raise", "skip")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# --------------------------------------------------------------------------------------------------------
+# small file helpers
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` so that it is either absent/old or complete: temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(value, indent=1, sort_keys=True) + "\n").encode()))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _remove_temporaries(folder: Path) -> None:
+    for leftover in folder.glob(".*.tmp-*"):  # from a killed run
+        leftover.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# manifest
+
+
+def manifest_sha256(manifest: Sequence[Utterance]) -> str:
+    """sha256 of the canonical JSON of the manifest's utterances (the store's manifest hash)."""
+    return _json_sha256([u.to_dict() for u in manifest])
+
+
+def read_store_manifest(out: Path, corpus: str) -> list[Utterance]:
+    """The manifest saved in the store `out/<corpus>/manifest.json`."""
+    path = Path(out) / corpus / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no feature store for corpus {corpus!r} in {out}: {path} is missing")
+    return [Utterance(**u) for u in json.loads(path.read_text())["utterances"]]
+
+
+def _write_store_manifest(store: Path, corpus: str, manifest: Sequence[Utterance]) -> None:
+    path = store / "manifest.json"
+    digest = manifest_sha256(manifest)
+    if path.is_file() and json.loads(path.read_text()).get("manifest_sha256") == digest:
+        return
+    _write_json(path, {"corpus": corpus, "manifest_sha256": digest, "utterances": [u.to_dict() for u in manifest]})
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A feature matrix and its rows' ids, labels and speakers, aligned row by row."""
+
+    matrix: np.ndarray  # float32 [N, D]; an np.memmap (read-only) for large stores
+    ids: tuple[str, ...]
+    labels: tuple[str, ...]
+    speakers: tuple[str | None, ...]
+    metadata: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        """Content hash: sha256 of the .npy file."""
+        return self.metadata["features_sha256"]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The labels present, in the order of the shared vocabulary `LABELS`."""
+        present = set(self.labels)
+        return tuple(label for label in LABELS if label in present)
+
+    @property
+    def y(self) -> np.ndarray:
+        """int32 [N]: each row's label as an index into `classes`."""
+        index = {label: i for i, label in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels], dtype=np.int32)
+
+
+def features_sha256(out: Path, corpus: str, encoder: str) -> str:
+    """The recorded content hash of a finished store entry, without reading the matrix."""
+    return _read_metadata(Path(out) / corpus, corpus, encoder)["features_sha256"]
+
+
+def _read_metadata(store: Path, corpus: str, encoder: str) -> dict[str, Any]:
+    path = store / f"{encoder}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no features of encoder {encoder!r} for corpus {corpus!r}: {path} is missing "
+            f"(run `parrot extract --corpus {corpus} --encoders {encoder} --out {store.parent}`)"
+        )
+    return json.loads(path.read_text())
+
+
+def load_features(
+    out: Path,
+    corpus: str,
+    encoder: str,
+    manifest: Sequence[Utterance] | None = None,
+    mmap: bool | None = None,
+    verify: bool = True,
+) -> FeatureSet:
+    """The finished features of `encoder` on `corpus` from the store `out`.
+
+    Refuses (ValueError) a store whose manifest hash differs from the one the features were extracted
+    with, and, where `manifest` (e.g. a fresh `load_manifest`) is given, one that differs from it.
+    `mmap`: memory-map the matrix (default: when it is larger than 64 MiB). `verify`: check the .npy's
+    sha256 against the recorded content hash.
+    """
+    store = Path(out) / corpus
+    meta = _read_metadata(store, corpus, encoder)
+    stored = read_store_manifest(out, corpus)
+    stored_hash = manifest_sha256(stored)
+    if stored_hash != meta["manifest_sha256"]:
+        raise ValueError(
+            f"{store / (encoder + '.json')} was extracted from manifest {meta['manifest_sha256'][:12]}, but "
+            f"{store / 'manifest.json'} is now {stored_hash[:12]} (the corpus changed since): re-run extraction "
+            f"of {encoder!r}"
+        )
+    if manifest is not None and manifest_sha256(manifest) != stored_hash:
+        raise ValueError(
+            f"the given manifest (hash {manifest_sha256(manifest)[:12]}) differs from the one the store "
+            f"{store} was extracted from ({stored_hash[:12]}): re-run extraction of {encoder!r}"
+        )
+    path = store / f"{encoder}.npy"
+    if verify and _file_sha256(path) != meta["features_sha256"]:
+        raise ValueError(f"{path}: content hash differs from {meta['features_sha256'][:12]} recorded in its .json")
+    if mmap is None:
+        mmap = path.stat().st_size > MMAP_BYTES
+    matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if matrix.dtype != np.float32 or matrix.shape != (len(meta["ids"]), meta["dim"]):
+        raise ValueError(f"{path}: expected float32 {[len(meta['ids']), meta['dim']]}, got {matrix.dtype} {list(matrix.shape)}")
+    by_id = {u.id: u for u in stored}
+    rows = [by_id[i] for i in meta["ids"]]
+    return FeatureSet(matrix, tuple(meta["ids"]), tuple(u.label for u in rows), tuple(u.speaker for u in rows), meta)
+
+
+# --------------------------------------------------------------------------------------------------------
+# extraction
+
+
+@dataclass
+class EncoderSummary:
+    encoder: str
+    rows: int
+    rejects: int
+    computed_files: int  # files embedded in this run (0 where the store was already up to date)
+    reused_files: int  # files whose rows came from an earlier (interrupted or finished) run
+    features_sha256: str
+
+
+@dataclass
+class ExtractSummary:
+    """What `extract` did: `seconds` of wall time, `audio_seconds` of the manifest's audio."""
+
+    corpus: str
+    files: int  # in the manifest
+    processed_files: int  # read and embedded (by every encoder that needed them) in this run
+    processed_audio_seconds: float
+    seconds: float
+    encoders: list[EncoderSummary] = field(default_factory=list)
+
+    @property
+    def files_per_second(self) -> float:
+        """Processed files per second of wall time (all encoders of the run together)."""
+        return self.processed_files / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall seconds per second of processed audio (below 1: faster than real time)."""
+        return self.seconds / self.processed_audio_seconds if self.processed_audio_seconds > 0 else float("nan")
+
+    def text(self) -> str:
+        lines = [f"corpus {self.corpus}: {self.files} files, {self.processed_files} processed in this run"]
+        for e in self.encoders:
+            lines.append(
+                f"  {e.encoder}: {e.rows} rows, {e.rejects} rejects, {e.computed_files} computed, "
+                f"{e.reused_files} reused, sha256 {e.features_sha256[:12]}"
+            )
+        lines.append(
+            f"{self.seconds:.1f} s, {self.files_per_second:.1f} files/s, real-time factor {self.real_time_factor:.4f} "
+            f"({self.processed_audio_seconds:.1f} s of audio)"
+        )
+        return "\n".join(lines)
+
+
+def resolve_checkpoints(
+    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """Checkpoint folder per encoder that needs one: `explicit[name]`, else `checkpoint_dir/name`."""
+    explicit = dict(explicit or {})
+    folders = {}
+    for name in names:
+        if not registry.entry(name).needs_checkpoint:
+            if name in explicit:
+                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
+            continue
+        if name in explicit:
+            folders[name] = Path(explicit[name])
+        elif checkpoint_dir is not None:
+            folders[name] = Path(checkpoint_dir) / name
+        else:
+            raise ValueError(
+                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
+                f"{name}/) or --checkpoint {name}=PATH"
+            )
+        if not folders[name].is_dir():
+            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
+    return folders
+
+
+def _build(name_or_encoder: Any, checkpoints: Mapping[str, Path]) -> registry.Encoder:
+    if not isinstance(name_or_encoder, str):
+        return name_or_encoder
+    return registry.build(name_or_encoder, checkpoints.get(name_or_encoder))
+
+
+@dataclass
+class _Job:
+    """One encoder's extraction: where its chunks go and which are still to do."""
+
+    encoder: registry.Encoder
+    fingerprint: str
+    partial: Path
+    todo: set[int]
+    reused_files: int = 0
+    computed_files: int = 0
+
+
+def _fingerprint(encoder: registry.Encoder, manifest_hash: str, batch_size: int, on_error: str) -> str:
+    return _json_sha256(
+        {"name": encoder.name, "metadata": encoder.metadata(), "dim": encoder.dim, "sample_rate": encoder.sample_rate,
+         "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
+         "on_error": on_error, "format_version": FORMAT_VERSION}
+    )  # fmt: skip
+
+
+def _chunk_path(partial: Path, k: int) -> Path:
+    return partial / f"chunk_{k:06d}.npz"
+
+
+def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
+    meta_path, npy_path = store / f"{name}.json", store / f"{name}.npy"
+    if not (meta_path.is_file() and npy_path.is_file()):
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == _file_sha256(npy_path)
+
+
+def _start_job(store: Path, encoder: registry.Encoder, fingerprint: str, n_chunks: int) -> _Job:
+    partial = store / ".partial" / encoder.name
+    state = partial / "state.json"
+    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
+        shutil.rmtree(partial)  # work of another encoder config, manifest or batch size
+    partial.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(partial)
+    if not state.is_file():
+        _write_json(state, {"fingerprint": fingerprint})
+    todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
+    return _Job(encoder, fingerprint, partial, todo)
+
+
+def _embed_chunk(
+    job: _Job,
+    k: int,
+    chunk: Sequence[Utterance],
+    waves: Mapping[str, np.ndarray | AudioError],
+    root: Path,
+    on_error: str,
+) -> None:
+    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons."""
+    encoder = job.encoder
+    accepted, reasons, batch = [], [], []
+    for u in chunk:
+        wave = waves[u.id]
+        try:
+            if isinstance(wave, AudioError):
+                raise wave
+            check_length(wave, encoder.min_samples, root / u.path, f"encoder {encoder.name!r}", encoder.sample_rate)
+        except AudioError as error:
+            if on_error == "raise":
+                raise
+            accepted.append(False)
+            reasons.append(error.problem)
+            continue
+        accepted.append(True)
+        reasons.append("")
+        batch.append(wave)
+    rows = np.zeros((0, encoder.dim), np.float32)
+    if batch:
+        rows = np.asarray(encoder.embed_batch(batch))
+        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim) or not np.all(np.isfinite(rows)):
+            where = ", ".join(u.path for u, ok in zip(chunk, accepted) if ok)
+            raise ValueError(
+                f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} (finite: "
+                f"{bool(np.all(np.isfinite(rows)))}) for {where}; expected finite float32 {[len(batch), encoder.dim]}"
+            )
+    arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str)}
+    _atomic_write(_chunk_path(job.partial, k), lambda f: np.savez(f, **arrays))
+    job.computed_files += len(chunk)
+
+
+def _load_waves(chunk: Sequence[Utterance], root: Path, sample_rate: int) -> dict[str, np.ndarray | AudioError]:
+    """Each utterance's waveform at `sample_rate`, or the AudioError saying why it has none."""
+    waves: dict[str, np.ndarray | AudioError] = {}
+    for u in chunk:
+        try:
+            waves[u.id] = load_audio(resolve_inside(root, u.path), sample_rate)
+        except AudioError as error:
+            waves[u.id] = error
+    return waves
+
+
+def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
+    """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(sum(len(c) for c in chunks), dim))
+    start = 0
+    for rows in chunks:
+        matrix[start : start + len(rows)] = rows
+        start += len(rows)
+    matrix.flush()
+    del matrix
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _finish(job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str) -> EncoderSummary:
+    """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit)."""
+    encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
+    rows, accepted, reasons = [], [], []
+    for k in range(n_chunks):
+        with np.load(_chunk_path(job.partial, k), allow_pickle=False) as chunk:
+            rows.append(chunk["rows"])
+            accepted += chunk["accepted"].tolist()
+            reasons += chunk["reasons"].tolist()
+    rejects = [{"id": u.id, "path": u.path, "reason": r} for u, ok, r in zip(manifest, accepted, reasons) if not ok]
+    if len(rejects) == len(manifest):
+        raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
+    npy = store / f"{encoder.name}.npy"
+    _write_matrix(npy, rows, encoder.dim)
+    tsv = "id\tpath\treason\n" + "".join(f"{r['id']}\t{r['path']}\t{r['reason']}\n" for r in rejects)
+    _atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
+    encoder_metadata = encoder.metadata()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "corpus": corpus,
+        "encoder": encoder.name,
+        "encoder_metadata": encoder_metadata,
+        "pooling": encoder_metadata.get("pooling"),
+        "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
+        "dim": encoder.dim,
+        "sample_rate": encoder.sample_rate,
+        "min_samples": encoder.min_samples,
+        "batch_size": batch_size,
+        "on_error": on_error,
+        "manifest_sha256": manifest_sha256(manifest),
+        "features_sha256": _file_sha256(npy),
+        "fingerprint": job.fingerprint,
+        "ids": [u.id for u, ok in zip(manifest, accepted) if ok],
+        "rejects": rejects,
+    }
+    _write_json(store / f"{encoder.name}.json", meta)
+    _remove_partial(job.partial)
+    return EncoderSummary(encoder.name, len(meta["ids"]), len(rejects), job.computed_files, job.reused_files,
+                          meta["features_sha256"])  # fmt: skip
+
+
+def _remove_partial(partial: Path) -> None:
+    shutil.rmtree(partial, ignore_errors=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
+
+
+def _corpus_root(corpus: str, root: Path | None) -> Path:
+    if corpus == "demo":
+        root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
+        if not (root / "DEMO.json").is_file():
+            if root.exists() and any(root.iterdir()):
+                raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: refusing to write there")
+            generate_demo_corpus(root)
+        return root
+    if root is None:
+        raise ValueError(f"corpus {corpus!r} needs --root (the folder holding its audio files)")
+    return Path(root)
+
+
+def extract(
+    corpus: str,
+    root: Path | None,
+    encoders: Sequence[str | registry.Encoder],
+    out: Path,
+    batch_size: int = 16,
+    on_error: str = "raise",
+    checkpoints: Mapping[str, Path] | None = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
+
+    `encoders`: registry names (built with `checkpoints[name]` where they need a folder) or built Encoder
+    objects. `batch_size` utterances are loaded (once for all encoders) and embedded together. `on_error`:
+    "raise" stops at the first bad file (AudioError naming it); "skip" leaves it out and lists it with its
+    reason in `<encoder>.rejects.tsv`. An encoder whose finished store matches (same fingerprint and content
+    hash) is not recomputed; an interrupted one resumes from its finished chunks. For corpus "demo" with no
+    root, the demo corpus is generated in `demo_corpus/` first.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start = time.perf_counter()
+    root = _corpus_root(corpus, root)
+    manifest = load_manifest(corpus, root)
+    digest = manifest_sha256(manifest)
+    built = [_build(e, checkpoints or {}) for e in encoders]
+    names = [e.name for e in built]
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"encoders given twice: {names}")
+    store = Path(out) / corpus
+    store.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(store)
+    _write_store_manifest(store, corpus, manifest)
+
+    n_chunks = -(-len(manifest) // batch_size)
+    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
+    summaries: dict[str, EncoderSummary] = {}
+    jobs: list[_Job] = []
+    for encoder in built:
+        fingerprint = _fingerprint(encoder, digest, batch_size, on_error)
+        if _up_to_date(store, encoder.name, fingerprint):
+            _remove_partial(store / ".partial" / encoder.name)
+            meta = _read_metadata(store, corpus, encoder.name)
+            summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
+                                                     len(manifest), meta["features_sha256"])  # fmt: skip
+            continue
+        job = _start_job(store, encoder, fingerprint, n_chunks)
+        job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
+        jobs.append(job)
+
+    todo = sorted(set().union(*(job.todo for job in jobs)))
+    processed = [u for k in todo for u in chunk(k)]
+    from tqdm import tqdm
+
+    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
+        for k in todo:
+            needed = [job for job in jobs if k in job.todo]
+            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
+            for job in needed:
+                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
+            bar.update(len(chunk(k)))
+    for job in jobs:
+        summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
+    audio_seconds = sum(u.duration for u in processed if u.duration is not None)
+    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
+                          [summaries[name] for name in names])  # fmt: skip

@@ -1,0 +1,96 @@
+"""parrot_jax.audio: reading, downmixing, resampling, and each kind of bad file."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from parrot_jax.audio import SAMPLE_RATE, AudioError, check_length, load_audio
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_16k_pcm_is_read_exactly(tmp_path: Path) -> None:
+    ints = np.random.default_rng(0).integers(-20000, 20000, 8000).astype(np.int16)
+    sf.write(tmp_path / "a.wav", ints, SAMPLE_RATE, subtype="PCM_16")
+    wave = load_audio(tmp_path / "a.wav")
+    assert wave.dtype == np.float32 and wave.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(wave, ints.astype(np.float32) / 32768.0)
+
+
+@pytest.mark.parametrize("suffix,subtype", [(".wav", "FLOAT"), (".flac", "PCM_24"), (".ogg", "VORBIS")])
+def test_stereo_44k_is_downmixed_and_resampled(tmp_path: Path, suffix: str, subtype: str) -> None:
+    left, right = _tone(1.0, 44100, 440.0, 0.6), _tone(1.0, 44100, 1000.0, 0.2)
+    path = tmp_path / f"s{suffix}"
+    sf.write(path, np.stack([left, right], axis=1), 44100, subtype=subtype)
+    wave = load_audio(path)
+    assert wave.dtype == np.float32
+    assert abs(len(wave) - 16000) <= 1
+    stored = sf.read(path, dtype="float32", always_2d=True)[0]
+    expected = soxr.resample(stored.mean(axis=1), 44100, 16000, quality="HQ")
+    np.testing.assert_allclose(wave, expected, atol=1e-6)
+    # the mono mix keeps both tones at half their amplitude: spectral peaks at 440 Hz and 1 kHz
+    spectrum = np.abs(np.fft.rfft(wave[1000:15000] * np.hanning(14000))) / (14000 / 4)
+    freqs = np.fft.rfftfreq(14000, 1 / 16000)
+    for freq, amplitude in [(440.0, 0.3), (1000.0, 0.1)]:
+        near = np.abs(freqs - freq) < 5
+        assert spectrum[near].max() == pytest.approx(amplitude, rel=0.05 if subtype != "VORBIS" else 0.15)
+    assert spectrum[freqs > 7600].max() < 1e-3  # band-limited: nothing folded back near Nyquist
+
+
+def _write_float(path: Path, data: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    sf.write(path, data, rate, subtype="FLOAT")
+    return path
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.wav"
+    path.write_bytes(b"RIFF this is not audio" * 10)
+    with pytest.raises(AudioError, match=r"garbage\.wav: unreadable audio file"):
+        load_audio(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match=r"absent\.wav: unreadable audio file"):
+        load_audio(tmp_path / "absent.wav")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = _write_float(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    with pytest.raises(AudioError, match=r"empty\.wav: empty: 0 samples"):
+        load_audio(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_samples(tmp_path: Path, bad: float) -> None:
+    data = _tone(0.5, SAMPLE_RATE)
+    data[[10, 200]] = bad
+    path = _write_float(tmp_path / "nonfinite.wav", data)
+    with pytest.raises(AudioError, match=r"nonfinite\.wav: contains 2 NaN/Inf samples"):
+        load_audio(path)
+
+
+def test_all_silence(tmp_path: Path) -> None:
+    path = _write_float(tmp_path / "zeros.wav", np.zeros(16000, np.float32))
+    with pytest.raises(AudioError, match=r"zeros\.wav: all silence: peak \|sample\| 0\.00e\+00 < 1e-04"):
+        load_audio(path)
+    # stereo channels in antiphase cancel in the downmix: silence too
+    tone = _tone(0.5, SAMPLE_RATE)
+    path = _write_float(tmp_path / "antiphase.wav", np.stack([tone, -tone], axis=1))
+    with pytest.raises(AudioError, match=r"antiphase\.wav: all silence"):
+        load_audio(path)
+    # a quiet but real signal (-60 dBFS) is accepted
+    quiet = _write_float(tmp_path / "quiet.wav", _tone(0.5, SAMPLE_RATE, amplitude=1e-3))
+    assert np.abs(load_audio(quiet)).max() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_too_short(tmp_path: Path) -> None:
+    wave = _tone(0.05, SAMPLE_RATE)  # 800 samples
+    check_length(wave, 800, "x.wav")
+    with pytest.raises(AudioError, match=r"x\.wav: too short: 800 samples \(0\.050 s at 16000 Hz\); encoder 'e' needs at least 1280 \(0\.080 s\)"):
+        check_length(wave, 1280, "x.wav", "encoder 'e'")

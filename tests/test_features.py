@@ -1,0 +1,224 @@
+"""parrot_jax.features: the store's rows, rejects, resumption after SIGKILL, and the manifest-hash refusal."""
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from parrot_jax.audio import AudioError, load_audio
+from parrot_jax.cli import main
+from parrot_jax.corpora import generate_demo_corpus, load_manifest
+from parrot_jax.encoders import registry
+from parrot_jax.features import extract, features_sha256, load_features, manifest_sha256, read_store_manifest
+
+ENCODERS = ["mfcc-stats", "logmel-stats"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_corpus(tmp_path_factory.mktemp("demo"), seed=1, n_speakers=2, n_texts=3)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rows_equal_the_encoders_on_each_file(demo: Path, tmp_path: Path) -> None:
+    summary = extract("demo", demo, ENCODERS, tmp_path, batch_size=5, progress=False)
+    manifest = load_manifest("demo", demo)
+    assert summary.files == summary.processed_files == len(manifest) == 24
+    assert [(e.encoder, e.rows, e.rejects, e.computed_files, e.reused_files) for e in summary.encoders] == [
+        ("mfcc-stats", 24, 0, 24, 0), ("logmel-stats", 24, 0, 24, 0),
+    ]  # fmt: skip
+    assert summary.processed_audio_seconds == pytest.approx(sum(u.duration for u in manifest))
+    for name in ENCODERS:
+        features = load_features(tmp_path, "demo", name, manifest=manifest)
+        encoder = registry.build(name)
+        expected = np.stack([encoder.embed_batch([load_audio(demo / u.path)])[0] for u in manifest])
+        assert features.matrix.dtype == np.float32 and features.matrix.shape == (24, encoder.dim)
+        np.testing.assert_array_equal(features.matrix, expected)
+        assert features.ids == tuple(u.id for u in manifest)
+        assert features.labels == tuple(u.label for u in manifest)
+        assert features.speakers == tuple(u.speaker for u in manifest)
+        assert features.classes == ("anger", "happiness", "neutral", "sadness")
+        assert [features.classes[i] for i in features.y] == list(features.labels)
+        meta = features.metadata
+        assert meta["manifest_sha256"] == manifest_sha256(manifest)
+        assert meta["features_sha256"] == features.sha256 == _sha(tmp_path / "demo" / f"{name}.npy")
+        assert features_sha256(tmp_path, "demo", name) == features.sha256
+        assert (meta["encoder"], meta["dim"], meta["sample_rate"], meta["pooling"]) == (name, encoder.dim, 16000,
+                                                                                         "mean+std over frames")  # fmt: skip
+        assert meta["encoder_metadata"] == encoder.metadata() and meta["package_version"] == "0.1.0"
+    assert not (tmp_path / "demo" / ".partial").exists()
+    assert read_store_manifest(tmp_path, "demo") == manifest
+    # a second run recomputes nothing and leaves the bytes as they were
+    before = {p.name: _sha(p) for p in (tmp_path / "demo").iterdir()}
+    again = extract("demo", demo, ENCODERS, tmp_path, batch_size=5, progress=False)
+    assert again.processed_files == 0 and [e.computed_files for e in again.encoders] == [0, 0]
+    assert {p.name: _sha(p) for p in (tmp_path / "demo").iterdir()} == before
+
+
+def test_large_stores_are_memory_mapped(demo: Path, tmp_path: Path) -> None:
+    extract("demo", demo, ["logmel-stats"], tmp_path, progress=False)
+    mapped = load_features(tmp_path, "demo", "logmel-stats", mmap=True)
+    assert isinstance(mapped.matrix, np.memmap)
+    np.testing.assert_array_equal(mapped.matrix, load_features(tmp_path, "demo", "logmel-stats", mmap=False).matrix)
+    assert not isinstance(load_features(tmp_path, "demo", "logmel-stats").matrix, np.memmap)  # small: in memory
+
+
+def _bad_corpus(root: Path, demo: Path) -> tuple[Path, dict[str, str]]:
+    """A CSV corpus: 3 good demo files and one file of each bad kind; returns (root, {id: reason regex})."""
+    root.mkdir()
+    rows = []
+    for name in ["01a01Wa.wav", "01a01Ta.wav", "02a01Fa.wav"]:
+        (root / name).write_bytes((demo / "wav" / name).read_bytes())
+        rows.append({"path": name, "label": "anger"})
+    (root / "garbage.wav").write_bytes(b"not audio at all" * 50)
+    sf.write(root / "empty.wav", np.zeros(0, np.float32), 16000, subtype="FLOAT")
+    nan = np.full(8000, 0.1, np.float32)
+    nan[5] = np.nan
+    sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(root / "silent.wav", np.zeros(8000, np.float32), 16000, subtype="PCM_16")
+    sf.write(root / "short.wav", 0.1 * np.random.default_rng(0).standard_normal(1000), 16000, subtype="PCM_16")
+    reasons = {
+        "garbage": r"unreadable audio file",
+        "empty": r"empty: 0 samples",
+        "nan": r"contains 1 NaN/Inf samples",
+        "silent": r"all silence",
+        "short": r"too short: 1000 samples \(0\.062 s at 16000 Hz\); encoder 'mfcc-stats' needs at least 1280",
+    }
+    rows = rows[:1] + [{"path": f"{k}.wav", "label": "sadness"} for k in reasons] + rows[1:]
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root, reasons
+
+
+def test_bad_files_raise_or_are_skipped_and_listed(demo: Path, tmp_path: Path) -> None:
+    root, reasons = _bad_corpus(tmp_path / "bad", demo)
+    with pytest.raises(AudioError, match=r"garbage\.wav: unreadable audio file"):
+        extract("csv", root, ["mfcc-stats"], tmp_path / "raise", batch_size=4, progress=False)
+    summary = extract("csv", root, ENCODERS, tmp_path / "skip", batch_size=4, on_error="skip", progress=False)
+    mfcc, logmel = summary.encoders
+    assert (mfcc.rows, mfcc.rejects) == (3, 5)
+    assert (logmel.rows, logmel.rejects) == (4, 4)  # 1000 samples are enough for log-mel statistics (400)
+    features = load_features(tmp_path / "skip", "csv", "mfcc-stats")
+    assert features.ids == ("01a01Wa", "01a01Ta", "02a01Fa")
+    with open(tmp_path / "skip" / "csv" / "mfcc-stats.rejects.tsv", newline="") as f:
+        listed = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["id"] for r in listed] == list(reasons)
+    for row in listed:
+        assert row["path"] == f"{row['id']}.wav"
+        assert __import__("re").match(reasons[row["id"]], row["reason"]), row
+    assert [r["id"] for r in features.metadata["rejects"]] == list(reasons)
+    encoder = registry.build("mfcc-stats")
+    good = [load_audio(root / f"{i}.wav") for i in features.ids]
+    np.testing.assert_array_equal(features.matrix, encoder.embed_batch(good))
+
+
+def test_manifest_mismatch_is_refused(demo: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    for p in sorted((demo / "wav").iterdir())[:6]:
+        (corpus / "wav" / p.name).write_bytes(p.read_bytes())
+    extract("emodb", corpus, ["logmel-stats"], tmp_path / "f", progress=False)
+    before = load_manifest("emodb", corpus)
+    extra = sorted((demo / "wav").iterdir())[6]
+    (corpus / "wav" / extra.name).write_bytes(extra.read_bytes())
+    now = load_manifest("emodb", corpus)
+    with pytest.raises(ValueError, match=r"the given manifest \(hash [0-9a-f]{12}\) differs from the one the store .* "
+                       r"was extracted from \([0-9a-f]{12}\): re-run extraction of 'logmel-stats'"):  # fmt: skip
+        load_features(tmp_path / "f", "emodb", "logmel-stats", manifest=now)
+    assert load_features(tmp_path / "f", "emodb", "logmel-stats", manifest=before).matrix.shape[0] == 6
+    # extracting another encoder on the grown corpus rewrites the store's manifest: the old one is refused
+    extract("emodb", corpus, ["mfcc-stats"], tmp_path / "f", progress=False)
+    with pytest.raises(ValueError, match=r"logmel-stats\.json was extracted from manifest [0-9a-f]{12}, but .*"
+                       r"manifest\.json is now [0-9a-f]{12} \(the corpus changed since\)"):  # fmt: skip
+        load_features(tmp_path / "f", "emodb", "logmel-stats")
+    assert load_features(tmp_path / "f", "emodb", "mfcc-stats").matrix.shape[0] == 7
+    # a tampered matrix is refused by its content hash
+    npy = tmp_path / "f" / "emodb" / "mfcc-stats.npy"
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0x40
+    npy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"mfcc-stats\.npy: content hash differs from [0-9a-f]{12} recorded"):
+        load_features(tmp_path / "f", "emodb", "mfcc-stats")
+    with pytest.raises(FileNotFoundError, match=r"no features of encoder 'egemaps' for corpus 'emodb'"):
+        load_features(tmp_path / "f", "emodb", "egemaps")
+
+
+def test_cli_extract_and_checkpoint_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    assert main(["extract", "--corpus", "demo", "--root", str(demo), "--encoders", "logmel-stats",
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "logmel-stats: 24 rows, 0 rejects, 24 computed, 0 reused" in text and "files/s, real-time factor" in text
+    assert main(["extract", "--corpus", "demo", "--root", str(demo), "--encoders", "wavlm-base", "--out", str(out)]) == 1
+    assert "encoder 'wavlm-base' needs a checkpoint folder: give --checkpoints DIR" in capsys.readouterr().err
+    assert main(["extract", "--corpus", "demo", "--root", str(demo), "--encoders", "wavlm-base", "--out", str(out),
+                 "--checkpoints", str(tmp_path / "ckpts")]) == 1  # fmt: skip
+    assert f"checkpoint folder of encoder 'wavlm-base' does not exist: {tmp_path / 'ckpts' / 'wavlm-base'}" in (
+        capsys.readouterr().err
+    )
+    assert main(["extract", "--corpus", "demo", "--root", str(demo), "--encoders", "mfcc-stats", "--out", str(out),
+                 "--checkpoint", f"mfcc-stats={tmp_path}"]) == 1  # fmt: skip
+    assert "encoder 'mfcc-stats' takes no checkpoint" in capsys.readouterr().err
+
+
+def _chunks(out: Path, name: str) -> int:
+    return len(list((out / "demo" / ".partial" / name).glob("chunk_*.npz")))
+
+
+def _run_until(out: Path, root: Path, name: str, n_chunks: int) -> int:
+    """Start `parrot extract` in a subprocess, SIGKILL it once `n_chunks` chunks of `name` exist."""
+    command = [sys.executable, "-m", "parrot_jax.cli", "extract", "--corpus", "demo", "--root", str(root),
+               "--encoders", ",".join(ENCODERS), "--out", str(out), "--batch-size", "1", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while _chunks(out, name) < n_chunks:
+        assert process.poll() is None, f"extraction ended before it could be killed: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "extraction made no progress"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "demo" / f"{name}.json").exists(), "killed after the end: make the corpus longer"
+    return _chunks(out, name)
+
+
+@pytest.mark.slow
+def test_sigkilled_extraction_resumes_to_identical_bytes(tmp_path: Path) -> None:
+    root = generate_demo_corpus(tmp_path / "corpus", seed=2, n_speakers=2, n_texts=6)  # 48 files
+    reference = extract("demo", root, ENCODERS, tmp_path / "reference", batch_size=1, progress=False)
+    out = tmp_path / "killed"
+    _run_until(out, root, "mfcc-stats", 3)
+    done = {name: _chunks(out, name) for name in ENCODERS}
+    before = {p: p.stat().st_mtime_ns for p in (out / "demo" / ".partial").rglob("chunk_*.npz")}
+    # a second kill, after more progress, while resuming the first
+    _run_until(out, root, "mfcc-stats", done["mfcc-stats"] + 12)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished chunks were not rewritten
+    done = {name: _chunks(out, name) for name in ENCODERS}
+    assert 3 < done["mfcc-stats"] < 48
+    resumed = extract("demo", root, ENCODERS, out, batch_size=1, progress=False)
+    for summary in resumed.encoders:
+        assert summary.reused_files == done[summary.encoder]
+        assert summary.computed_files == 48 - done[summary.encoder]
+    for name in ENCODERS:
+        for suffix in (".npy", ".json", ".rejects.tsv"):
+            assert (out / "demo" / f"{name}{suffix}").read_bytes() == (
+                tmp_path / "reference" / "demo" / f"{name}{suffix}"
+            ).read_bytes()
+    assert [e.features_sha256 for e in resumed.encoders] == [e.features_sha256 for e in reference.encoders]
+    assert not (out / "demo" / ".partial").exists()
+    assert not [p for p in (out / "demo").iterdir() if ".tmp-" in p.name]
+    assert json.loads((out / "demo" / "mfcc-stats.json").read_text())["rejects"] == []
