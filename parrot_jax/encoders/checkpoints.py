@@ -402,7 +402,7 @@ def load_params(template: Any, state: Mapping[str, np.ndarray],
         if tuple(value.shape) != tuple(wanted[flax_path].shape):
             problems.misshaped.append(f"{key} -> {flax_path}: {tuple(value.shape)} (expected {tuple(wanted[flax_path].shape)})")
             continue
-        found[flax_path] = value.astype(dtype)
+        found[flax_path] = value.astype(dtype, copy=False)
         origin[flax_path] = key
     problems.missing = sorted(set(wanted) - set(found) - {p.split(" -> ")[1].split(":")[0] for p in problems.misshaped})
     if problems.missing or problems.unexpected or problems.misshaped:
