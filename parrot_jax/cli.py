@@ -11,13 +11,77 @@ import sys
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:  # issue 3
+    from pathlib import Path
+
+    from parrot_jax.corpora import CORPORA
+
     p = sub.add_parser("extract", help="embed a corpus with one or more encoders into the feature store")
-    p.set_defaults(run=lambda args: _not_built("extract"))
+    p.add_argument("--corpus", required=True, choices=CORPORA)
+    p.add_argument("--root", type=Path, help="folder holding the corpus's audio (for csv: the CSV file or its "
+                   "folder; for demo: default demo_corpus/, generated when absent)")  # fmt: skip
+    p.add_argument("--encoders", default="mfcc-stats,logmel-stats", help="comma-separated registry names")
+    p.add_argument("--out", type=Path, default=Path("features"), help="store: writes OUT/<corpus>/<encoder>.npy")
+    p.add_argument("--batch-size", type=int, default=16, help="utterances per batch, and per resumable chunk")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad audio: stop naming the file (raise), or leave it out and list it in <encoder>.rejects.tsv")  # fmt: skip
+    p.add_argument("--checkpoints", type=Path, help="folder with one sub-folder per encoder name (its checkpoint)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="checkpoint folder of one encoder (overrides --checkpoints; repeatable)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from parrot_jax.features import extract, resolve_checkpoints
+
+        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
+        explicit = {}
+        for item in args.checkpoint:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise SystemExit(f"parrot extract: --checkpoint expects NAME=PATH, got {item!r}")
+            explicit[name.strip()] = Path(path)
+        try:
+            checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
+            summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
+                              progress=not args.no_progress)  # fmt: skip
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            print(f"parrot extract: error: {error}", file=sys.stderr)
+            return 1
+        print(summary.text())
+        return 0
+
+    p.set_defaults(run=run)
 
 
 def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:  # issue 3
+    from pathlib import Path
+
+    from parrot_jax.corpora import CORPORA
+
     p = sub.add_parser("verify-corpus", help="check a copy of a corpus (counts, missing/extra/corrupt files)")
-    p.set_defaults(run=lambda args: _not_built("verify-corpus"))
+    p.add_argument("--corpus", required=True, choices=CORPORA)
+    p.add_argument("--root", type=Path, required=True, help="folder holding the corpus's audio")
+    p.add_argument("--file-list", type=Path, help="official list (TSV: file, sha256, size_bytes), e.g. CREMA-D's: "
+                   "reports missing, extra and corrupt files")  # fmt: skip
+
+    def run(args: argparse.Namespace) -> int:
+        from parrot_jax.corpora import verify_corpus
+
+        try:
+            report = verify_corpus(args.corpus, args.root, args.file_list)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"parrot verify-corpus: error: {error}", file=sys.stderr)
+            return 1
+        for kind, counts in report.counts.items():
+            print(f"{kind}: " + ", ".join(f"{key} {n}" for key, n in counts.items()))
+        problems = {"count mismatch": report.count_mismatches, "missing": report.missing, "extra": report.extra,
+                    "corrupt (size or sha256 differs)": report.corrupt, "unreadable header": report.unreadable}  # fmt: skip
+        for what, items in problems.items():
+            if items:
+                print(f"{what} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        print("OK" if report.ok else "PROBLEMS FOUND")
+        return 0 if report.ok else 1
+
+    p.set_defaults(run=run)
 
 
 def _add_grid(sub: argparse._SubParsersAction) -> None:  # issue 6
