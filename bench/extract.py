@@ -1,0 +1,143 @@
+"""Extraction speed: our Flax encoders vs transformers' PyTorch models with the same weights, same run.
+
+Each case builds a real-size model with random weights, writes it as a checkpoint folder, and gives two
+functions waves -> [B, D] pooled embeddings: ours (through the registry's builder) and the reference.
+For every case this prints seconds, real-time factor (seconds of compute per second of audio) and the
+ratio reference / ours, plus the max abs difference of the embeddings (they must agree):
+
+    ours (cold)   first pass: compiles each bucket shape (or reads the persistent compilation cache)
+    ours (warm)   second pass over the same utterances: compiled programs reused
+    torch 1-by-1  PyTorch, one utterance at a time (the exact reference for group-norm models)
+    torch batched PyTorch, batches padded like ours with an attention mask (inexact for group-norm
+                  models: padding enters GroupNorm's statistics; shown for speed only)
+
+Usage: .venv/bin/python bench/extract.py [--utterances 64] [--cases wavlm-base,hubert-base]
+Needs torch==2.13.0 (the `ref` extra). Add a case by appending to CASES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+Embed = Callable[[Sequence[np.ndarray]], np.ndarray]
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Case:
+    """name; setup(workdir, batch_size) -> (ours, reference, reference_batched or None)."""
+
+    name: str
+    setup: Callable[[Path, int], tuple[Embed, Embed, Embed | None]]
+
+
+def _hf_case(registry_name: str, config_class: str, model_class: str) -> Case:
+    """A transformers family at its default (base) size, random weights, saved as a checkpoint folder."""
+
+    def setup(workdir: Path, batch_size: int) -> tuple[Embed, Embed, Embed | None]:
+        import torch
+        import transformers as T
+
+        from parrot_jax.encoders import registry
+
+        torch.manual_seed(0)
+        model = getattr(T, model_class)(getattr(T, config_class)()).eval()
+        folder = workdir / registry_name
+        model.save_pretrained(folder)
+        T.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(folder)
+        ours = registry.build(registry_name, folder, batch_size=batch_size)
+
+        @torch.inference_mode()
+        def one_by_one(waves: Sequence[np.ndarray]) -> np.ndarray:
+            return np.stack([model(torch.from_numpy(w)[None]).last_hidden_state[0].mean(0).numpy() for w in waves])
+
+        @torch.inference_mode()
+        def batched(waves: Sequence[np.ndarray]) -> np.ndarray:
+            out = np.zeros((len(waves), model.config.hidden_size), np.float32)
+            order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+            for start in range(0, len(order), batch_size):
+                idx = order[start: start + batch_size]
+                size = max(waves[i].size for i in idx)
+                x = torch.zeros(len(idx), size)
+                mask = torch.zeros(len(idx), size, dtype=torch.long)
+                for r, i in enumerate(idx):
+                    x[r, : waves[i].size] = torch.from_numpy(waves[i])
+                    mask[r, : waves[i].size] = 1
+                h = model(x, attention_mask=mask).last_hidden_state
+                frames = model._get_feat_extract_output_lengths(mask.sum(-1))
+                valid = (torch.arange(h.shape[1])[None] < frames[:, None]).unsqueeze(-1)
+                out[idx] = ((h * valid).sum(1) / frames[:, None]).numpy()
+            return out
+
+        return ours.embed_batch, one_by_one, batched
+
+    return Case(registry_name, setup)
+
+
+CASES: list[Case] = [
+    _hf_case("wavlm-base", "WavLMConfig", "WavLMModel"),
+    _hf_case("hubert-base", "HubertConfig", "HubertModel"),
+]
+
+
+def utterances(n: int, low: float, high: float, seed: int = 0) -> list[np.ndarray]:
+    """n speech-like random waves with durations uniform in [low, high] seconds."""
+    rng = np.random.default_rng(seed)
+    waves = []
+    for _ in range(n):
+        size = int(rng.uniform(low, high) * SAMPLE_RATE)
+        t = np.arange(size) / SAMPLE_RATE
+        tone = np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        waves.append((0.3 * tone + 0.05 * rng.standard_normal(size)).astype(np.float32))
+    return waves
+
+
+def timed(fn: Embed, waves: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    out = fn(waves)
+    return time.perf_counter() - start, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--utterances", type=int, default=64)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=8.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
+    p.add_argument("--no-batched-torch", action="store_true", help="skip the padded PyTorch batches")
+    args = p.parse_args(argv)
+    known = {c.name: c for c in CASES}
+    wanted = [name for name in args.cases.split(",") if name]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {sorted(known)}")
+    waves = utterances(args.utterances, args.min_seconds, args.max_seconds)
+    audio = sum(w.size for w in waves) / SAMPLE_RATE
+    print(f"{len(waves)} utterances, {audio:.1f} s of audio, batch size {args.batch_size}")
+    for name in wanted:
+        with tempfile.TemporaryDirectory() as tmp:
+            ours, reference, batched = known[name].setup(Path(tmp), args.batch_size)
+            t_cold, e_cold = timed(ours, waves)
+            t_warm, e_ours = timed(ours, waves)
+            t_ref, e_ref = timed(reference, waves)
+            rows = [("ours (cold)", t_cold, e_cold), ("ours (warm)", t_warm, e_ours), ("torch 1-by-1", t_ref, e_ref)]
+            if batched is not None and not args.no_batched_torch:
+                t_bat, e_bat = timed(batched, waves)
+                rows.append(("torch batched", t_bat, e_bat))
+        print(f"\n{name}")
+        print(f"  {'run':14s} {'seconds':>8s} {'RTF':>7s} {'torch 1-by-1 / run':>19s} {'max|emb - torch 1-by-1|':>24s}")
+        for label, seconds, emb in rows:
+            print(f"  {label:14s} {seconds:8.2f} {seconds / audio:7.4f} {t_ref / seconds:19.2f} "
+                  f"{float(np.abs(emb - e_ref).max()):24.2e}")
+
+
+if __name__ == "__main__":
+    main()
