@@ -336,10 +336,15 @@ def _embed_chunk(
     root: Path,
     on_error: str,
 ) -> None:
-    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons."""
+    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons.
+
+    A file is rejected (or, with on_error="raise", raises AudioError naming it) where its audio is bad, it
+    is shorter than the encoder's `min_samples`, or the encoder gives it a non-finite embedding.
+    """
     encoder = job.encoder
-    accepted, reasons, batch = [], [], []
-    for u in chunk:
+    problems: dict[int, str] = {}
+    batch, batch_index = [], []
+    for i, u in enumerate(chunk):
         wave = waves[u.id]
         try:
             if isinstance(wave, AudioError):
@@ -348,21 +353,27 @@ def _embed_chunk(
         except AudioError as error:
             if on_error == "raise":
                 raise
-            accepted.append(False)
-            reasons.append(error.problem)
+            problems[i] = error.problem
             continue
-        accepted.append(True)
-        reasons.append("")
         batch.append(wave)
+        batch_index.append(i)
     rows = np.zeros((0, encoder.dim), np.float32)
     if batch:
         rows = np.asarray(encoder.embed_batch(batch))
-        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim) or not np.all(np.isfinite(rows)):
-            where = ", ".join(u.path for u, ok in zip(chunk, accepted) if ok)
+        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim):
             raise ValueError(
-                f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} (finite: "
-                f"{bool(np.all(np.isfinite(rows)))}) for {where}; expected finite float32 {[len(batch), encoder.dim]}"
+                f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} for a batch of {len(batch)}; "
+                f"expected float32 {[len(batch), encoder.dim]}"
             )
+        finite = np.all(np.isfinite(rows), axis=1)
+        for i in np.asarray(batch_index)[~finite]:
+            error = AudioError(root / chunk[i].path, f"encoder {encoder.name!r} gave a non-finite (NaN/Inf) embedding")
+            if on_error == "raise":
+                raise error
+            problems[int(i)] = error.problem
+        rows = rows[finite]
+    accepted = [i not in problems for i in range(len(chunk))]
+    reasons = [problems.get(i, "") for i in range(len(chunk))]
     arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str)}
     _atomic_write(_chunk_path(job.partial, k), lambda f: np.savez(f, **arrays))
     job.computed_files += len(chunk)

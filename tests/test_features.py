@@ -222,3 +222,24 @@ def test_sigkilled_extraction_resumes_to_identical_bytes(tmp_path: Path) -> None
     assert not (out / "demo" / ".partial").exists()
     assert not [p for p in (out / "demo").iterdir() if ".tmp-" in p.name]
     assert json.loads((out / "demo" / "mfcc-stats.json").read_text())["rejects"] == []
+
+
+@pytest.mark.filterwarnings("ignore:Segment too short, filling with NaN")
+def test_non_finite_embeddings_are_rejected_naming_the_file(demo: Path, tmp_path: Path) -> None:
+    """openSMILE fills functionals of a too-short segment with NaN: the store never writes such a row."""
+    pytest.importorskip("opensmile", reason="optional extra `egemaps` (opensmile) not installed")
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "long.wav").write_bytes((demo / "wav" / "01a01Wa.wav").read_bytes())
+    sf.write(root / "tiny.wav", 0.1 * np.random.default_rng(0).standard_normal(600), 16000, subtype="PCM_16")
+    (root / "manifest.csv").write_text("path,label\nlong.wav,anger\ntiny.wav,anger\n")
+    encoder = registry.build("egemaps")
+    encoder.min_samples = 400  # below what openSMILE needs: it returns NaN for tiny.wav
+    with pytest.raises(AudioError, match=r"tiny\.wav: encoder 'egemaps' gave a non-finite \(NaN/Inf\) embedding"):
+        extract("csv", root, [encoder], tmp_path / "raise", progress=False)
+    summary = extract("csv", root, [encoder], tmp_path / "skip", on_error="skip", progress=False)
+    assert (summary.encoders[0].rows, summary.encoders[0].rejects) == (1, 1)
+    features = load_features(tmp_path / "skip", "csv", "egemaps")
+    assert features.ids == ("long",) and np.all(np.isfinite(features.matrix))
+    assert features.metadata["rejects"] == [{"id": "tiny", "path": "tiny.wav", "reason": "encoder 'egemaps' gave a "
+                                             "non-finite (NaN/Inf) embedding"}]  # fmt: skip

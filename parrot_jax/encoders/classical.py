@@ -1,12 +1,14 @@
 """Classical (non-neural) encoders: utterance statistics of MFCCs and log-mel energies, eGeMAPS functionals.
 
-They follow the `Encoder` protocol of `registry.py` and need no checkpoint. Frames are 25 ms windows
-(n_fft 400 at 16 kHz, Hann) every 10 ms (hop 160), centred (librosa's default reflect padding).
+They follow the `Encoder` protocol of `registry.py` and need no checkpoint. Frames are 25 ms periodic-Hann
+windows (n_fft 400 at 16 kHz) every 10 ms (hop 160), centred (n_fft/2 zeros padded at each end, librosa's
+default); P = |STFT|^2; M = Slaney-normalised mel filterbank (librosa.filters.mel, 0-8 kHz) applied to P.
 
-- ``mfcc-stats``: C = MFCC [n_mfcc, T] (librosa: log-power mel with ``n_mels`` bands -> DCT-II ortho), and,
-  with ``deltas``, its first derivative dC (librosa's Savitzky-Golay ``delta``, width 9). The embedding is
-  [mean_t(C), std_t(C), mean_t(dC), std_t(dC)]; default dim 4 * 40 = 160.
-- ``logmel-stats``: L = 10 log10(max(mel power, 1e-10)) [n_mels, T]; the embedding is
+- ``mfcc-stats``: C = DCT-II-ortho over bands of 10 log10(max(M, 1e-10)), floored at its maximum - 80 dB
+  (librosa.feature.mfcc), first ``n_mfcc`` rows [n_mfcc, T]; with ``deltas``, dC = Savitzky-Golay first
+  derivative over 9 frames (order 1, interpolated edges: librosa.feature.delta). The embedding is
+  [mean_t(C), std_t(C), mean_t(dC), std_t(dC)] (population std); default dim 4 * 40 = 160.
+- ``logmel-stats``: L = 10 log10(max(M, 1e-10)) [n_mels, T] (no floor); the embedding is
   [mean_t(L), std_t(L)]; default dim 2 * 64 = 128.
 - ``egemaps``: the 88 eGeMAPSv02 functionals of openSMILE (optional extra ``egemaps``: ``pip install
   'parrot_jax[egemaps]'``).
@@ -31,12 +33,6 @@ def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> Non
         raise ValueError(f"encoder {name!r}: unknown options {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-def _finite(name: str, embedding: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(embedding)):
-        raise FloatingPointError(f"encoder {name!r} produced a non-finite embedding")
-    return embedding
-
-
 class MfccStats:
     """Mean and standard deviation over frames of MFCCs (and of their deltas)."""
 
@@ -59,7 +55,7 @@ class MfccStats:
         if self.deltas:
             d = librosa.feature.delta(c, width=DELTA_WIDTH)
             parts += [d.mean(axis=1), d.std(axis=1)]
-        return _finite(self.name, np.concatenate(parts).astype(np.float32))
+        return np.concatenate(parts).astype(np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
@@ -94,7 +90,7 @@ class LogmelStats:
 
         mel = librosa.feature.melspectrogram(y=wave, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=self.n_mels)
         logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
-        return _finite(self.name, np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)]).astype(np.float32))
+        return np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)]).astype(np.float32)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
@@ -136,7 +132,7 @@ class Egemaps:
         values = self._smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32).reshape(-1)
         if values.shape != (self.dim,):
             raise ValueError(f"encoder 'egemaps': openSMILE returned {values.shape[0]} values, expected {self.dim}")
-        return _finite(self.name, values)
+        return values
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
