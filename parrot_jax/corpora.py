@@ -326,7 +326,8 @@ def _synthesise(speaker: dict, emotion: str, text: list[str], rng: np.random.Gen
         # declination over the utterance plus a rise-fall accent on each syllable
         position = (k + t / seconds) / n_syllables
         accent = np.sin(np.pi * t / seconds) * rng.uniform(0.3, 1.0)
-        f0 = f0_mean * (1.0 + f0_range * (accent - 0.5 * position)) * (1 + 0.01 * rng.standard_normal(n).cumsum() / np.sqrt(n))
+        drift = 1 + 0.01 * rng.standard_normal(n).cumsum() / np.sqrt(n)  # slow random pitch drift
+        f0 = f0_mean * (1.0 + f0_range * (accent - 0.5 * position)) * drift
         phase = 2 * np.pi * np.cumsum(f0) / sr
         source = np.zeros(n)
         for h in range(1, int(4000 / f0.max()) + 1):

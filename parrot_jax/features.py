@@ -197,7 +197,8 @@ def load_features(
         mmap = path.stat().st_size > MMAP_BYTES
     matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     if matrix.dtype != np.float32 or matrix.shape != (len(meta["ids"]), meta["dim"]):
-        raise ValueError(f"{path}: expected float32 {[len(meta['ids']), meta['dim']]}, got {matrix.dtype} {list(matrix.shape)}")
+        expected = [len(meta["ids"]), meta["dim"]]
+        raise ValueError(f"{path}: expected float32 {expected}, got {matrix.dtype} {list(matrix.shape)}")
     by_id = {u.id: u for u in stored}
     rows = [by_id[i] for i in meta["ids"]]
     return FeatureSet(matrix, tuple(meta["ids"]), tuple(u.label for u in rows), tuple(u.speaker for u in rows), meta)
@@ -406,7 +407,9 @@ def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
     _fsync_dir(path.parent)
 
 
-def _finish(job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str) -> EncoderSummary:
+def _finish(
+    job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str
+) -> EncoderSummary:
     """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit)."""
     encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
     rows, accepted, reasons = [], [], []
@@ -459,7 +462,7 @@ def _corpus_root(corpus: str, root: Path | None) -> Path:
         root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
         if not (root / "DEMO.json").is_file():
             if root.exists() and any(root.iterdir()):
-                raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: refusing to write there")
+                raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: not writing there")
             generate_demo_corpus(root)
         return root
     if root is None:

@@ -92,5 +92,6 @@ def test_all_silence(tmp_path: Path) -> None:
 def test_too_short(tmp_path: Path) -> None:
     wave = _tone(0.05, SAMPLE_RATE)  # 800 samples
     check_length(wave, 800, "x.wav")
-    with pytest.raises(AudioError, match=r"x\.wav: too short: 800 samples \(0\.050 s at 16000 Hz\); encoder 'e' needs at least 1280 \(0\.080 s\)"):
+    message = r"x\.wav: too short: 800 samples \(0\.050 s at 16000 Hz\); encoder 'e' needs at least 1280 \(0\.080 s\)"
+    with pytest.raises(AudioError, match=message):
         check_length(wave, 1280, "x.wav", "encoder 'e'")

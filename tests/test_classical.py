@@ -18,7 +18,8 @@ def _wave(seconds: float = 0.8, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
     voiced = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 20))
-    return (0.2 * voiced * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    wave = 0.2 * voiced * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))
+    return wave.astype(np.float32)
 
 
 def _mel_power(wave: np.ndarray, n_mels: int) -> np.ndarray:

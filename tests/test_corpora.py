@@ -160,7 +160,8 @@ def test_csv_refuses_bad_rows(tmp_path: Path) -> None:
 
 
 def _list_row(path: Path) -> dict:
-    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size_bytes": path.stat().st_size}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"file": path.name, "sha256": digest, "size_bytes": path.stat().st_size}
 
 
 def test_verify_corpus_against_a_file_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
