@@ -241,3 +241,31 @@ def test_non_finite_embeddings_are_rejected_naming_the_file(demo: Path, tmp_path
     assert features.ids == ("long",) and np.all(np.isfinite(features.matrix))
     assert features.metadata["rejects"] == [{"id": "tiny", "path": "tiny.wav", "reason": "encoder 'egemaps' gave a "
                                              "non-finite (NaN/Inf) embedding"}]  # fmt: skip
+
+
+def test_interruption_while_finishing_resumes_without_recomputing(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after the .npy is in place but before its metadata (the commit) is: nothing is recomputed."""
+    import parrot_jax.features as features
+
+    reference = extract("demo", demo, ["logmel-stats"], tmp_path / "reference", batch_size=7, progress=False)
+    write_json = features._write_json
+
+    def fail_on_metadata(path: Path, value: object) -> None:
+        if path.name == "logmel-stats.json":
+            raise KeyboardInterrupt("stopped before the commit")
+        write_json(path, value)
+
+    monkeypatch.setattr(features, "_write_json", fail_on_metadata)
+    with pytest.raises(KeyboardInterrupt):
+        extract("demo", demo, ["logmel-stats"], tmp_path / "out", batch_size=7, progress=False)
+    store = tmp_path / "out" / "demo"
+    assert (store / "logmel-stats.npy").is_file() and not (store / "logmel-stats.json").exists()
+    monkeypatch.setattr(features, "_write_json", write_json)
+    resumed = extract("demo", demo, ["logmel-stats"], tmp_path / "out", batch_size=7, progress=False)
+    assert (resumed.encoders[0].computed_files, resumed.encoders[0].reused_files) == (0, 24)
+    for suffix in (".npy", ".json", ".rejects.tsv"):
+        reference_file = tmp_path / "reference" / "demo" / f"logmel-stats{suffix}"
+        assert (store / f"logmel-stats{suffix}").read_bytes() == reference_file.read_bytes()
+    assert resumed.encoders[0].features_sha256 == reference.encoders[0].features_sha256
