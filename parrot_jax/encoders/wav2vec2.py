@@ -139,13 +139,16 @@ class MaskedInstanceNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, length: jax.Array) -> jax.Array:
-        mask = _valid(length, x.shape[1])[:, :, None].astype(x.dtype)
-        n = jnp.maximum(length, 1)[:, None, None].astype(x.dtype)
-        mu = jnp.sum(x * mask, axis=1, keepdims=True) / n
-        var = jnp.sum(jnp.square(x - mu) * mask, axis=1, keepdims=True) / n
+        # The sums over time are written as mask-vector products: XLA:CPU runs a reduction over the
+        # non-minor axis of [B, T, C] some 20x slower (measured: 336 ms vs 14 ms at T=16000, C=512).
+        mask = _valid(length, x.shape[1]).astype(x.dtype)
+        n = jnp.maximum(length, 1)[:, None].astype(x.dtype)
+        mu = jnp.einsum("bt,btc->bc", mask, x) / n
+        d = x - mu[:, None]
+        var = jnp.einsum("bt,btc->bc", mask, d * d) / n
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-        return (x - mu) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return d * jax.lax.rsqrt(var + self.eps)[:, None] * scale + bias
 
 
 class ConvLayer(nn.Module):
