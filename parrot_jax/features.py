@@ -423,7 +423,8 @@ def _finish(
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
     npy = store / f"{encoder.name}.npy"
     _write_matrix(npy, rows, encoder.dim)
-    tsv = "id\tpath\treason\n" + "".join(f"{r['id']}\t{r['path']}\t{r['reason']}\n" for r in rejects)
+    cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
+    tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     _atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
     encoder_metadata = encoder.metadata()
     meta = {

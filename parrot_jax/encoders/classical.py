@@ -12,6 +12,9 @@ default); P = |STFT|^2; M = Slaney-normalised mel filterbank (librosa.filters.me
   [mean_t(L), std_t(L)]; default dim 2 * 64 = 128.
 - ``egemaps``: the 88 eGeMAPSv02 functionals of openSMILE (optional extra ``egemaps``: ``pip install
   'parrot_jax[egemaps]'``).
+
+Embeddings are returned as computed; a non-finite one (openSMILE fills a too-short segment with NaN) is
+refused by the feature store, naming the file.
 """
 
 from __future__ import annotations
