@@ -95,7 +95,7 @@ def test_encoder_protocol_and_bad_waves():
     enc = registry.build("wav2vec2-base", folder)
     assert (enc.name, enc.dim, enc.sample_rate, enc.min_samples) == ("wav2vec2-base", 16, 16000, 30)
     meta = enc.metadata()
-    assert meta["checkpoint"] == "model.safetensors" and len(meta["sha256"]) == 64 and meta["config"]["hidden_size"] == 16
+    assert meta["checkpoint"] == "model.safetensors" and len(meta["checkpoint_sha256"]) == 64 and meta["config"]["hidden_size"] == 16
     json.dumps(meta)
     with pytest.raises(ValueError, match="at least 30 samples"):
         enc.embed_batch([np.zeros(29, np.float32)])

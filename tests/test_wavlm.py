@@ -95,3 +95,29 @@ def test_live_random_config_equals_transformers(tmp_path):
         np.testing.assert_allclose(np.asarray(last[0]), ref.last_hidden_state[0].numpy(), rtol=0, atol=TOL)
     enc = wavlm.build("t", tmp_path)
     np.testing.assert_allclose(enc.embed_batch(waves), np.stack([enc.embed_batch([w])[0] for w in waves]), atol=TOL)
+
+
+def test_feature_store_wiring(tmp_path):
+    """`parrot extract`'s store embeds a corpus with our encoder: its rows equal embed_batch on the same audio."""
+    import json
+
+    import soundfile as sf
+
+    from parrot_jax import features
+
+    root = tmp_path / "emodb"
+    (root / "wav").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    waves = {}
+    for name, n in [("03a01Fa.wav", 9000), ("08b02Wb.wav", 15000), ("11a04Ac.wav", 4000)]:
+        waves[name] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        sf.write(root / "wav" / name, waves[name], 16000, subtype="FLOAT")
+    features.extract("emodb", root, ["wavlm-base"], tmp_path / "out", batch_size=2,
+                     checkpoints={"wavlm-base": FIXTURES / "wavlm"}, progress=False)
+    store = next((tmp_path / "out").rglob("wavlm-base.npy")).parent
+    ids = json.loads((store / "wavlm-base.json").read_text())["ids"]
+    rows = np.load(store / "wavlm-base.npy")
+    enc = wavlm.build("wavlm-base", FIXTURES / "wavlm")
+    assert sorted(ids) == sorted(name[:-4] for name in waves)
+    expected = enc.embed_batch([waves[f"{i}.wav"] for i in ids])
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=TOL)

@@ -549,8 +549,9 @@ class AttentionEncoder:
                 digest.update(block)
         opts = asdict(self.options)
         opts["layer"] = opts["layer"] if isinstance(opts["layer"], (int, str)) else list(opts["layer"])
-        return {"name": self.name, "checkpoint": path.name, "sha256": digest.hexdigest(), "dim": self.dim,
-                "do_normalize": self.do_normalize, "config": asdict(self.config), "options": opts}
+        return {"name": self.name, "checkpoint": path.name, "checkpoint_sha256": digest.hexdigest(), "dim": self.dim,
+                "pooling": opts["pooling"], "layer": opts["layer"], "do_normalize": self.do_normalize,
+                "config": asdict(self.config), "options": opts}
 
 
 def build(name: str, checkpoint_folder: Path, **options: Any) -> AttentionEncoder:
