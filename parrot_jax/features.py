@@ -289,6 +289,7 @@ class _Job:
     """One encoder's extraction: where its chunks go and which are still to do."""
 
     encoder: registry.Encoder
+    encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
     fingerprint: str
     partial: Path
     todo: set[int]
@@ -296,9 +297,11 @@ class _Job:
     computed_files: int = 0
 
 
-def _fingerprint(encoder: registry.Encoder, manifest_hash: str, batch_size: int, on_error: str) -> str:
+def _fingerprint(
+    encoder: registry.Encoder, encoder_metadata: dict[str, Any], manifest_hash: str, batch_size: int, on_error: str
+) -> str:
     return _json_sha256(
-        {"name": encoder.name, "metadata": encoder.metadata(), "dim": encoder.dim, "sample_rate": encoder.sample_rate,
+        {"name": encoder.name, "metadata": encoder_metadata, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
          "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
          "on_error": on_error, "format_version": FORMAT_VERSION}
     )  # fmt: skip
@@ -316,7 +319,9 @@ def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == _file_sha256(npy_path)
 
 
-def _start_job(store: Path, encoder: registry.Encoder, fingerprint: str, n_chunks: int) -> _Job:
+def _start_job(
+    store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
+) -> _Job:
     partial = store / ".partial" / encoder.name
     state = partial / "state.json"
     if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
@@ -326,7 +331,7 @@ def _start_job(store: Path, encoder: registry.Encoder, fingerprint: str, n_chunk
     if not state.is_file():
         _write_json(state, {"fingerprint": fingerprint})
     todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
-    return _Job(encoder, fingerprint, partial, todo)
+    return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
 
 
 def _embed_chunk(
@@ -426,7 +431,7 @@ def _finish(
     cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
     tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     _atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
-    encoder_metadata = encoder.metadata()
+    encoder_metadata = job.encoder_metadata
     meta = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
@@ -515,14 +520,15 @@ def extract(
     summaries: dict[str, EncoderSummary] = {}
     jobs: list[_Job] = []
     for encoder in built:
-        fingerprint = _fingerprint(encoder, digest, batch_size, on_error)
+        encoder_metadata = encoder.metadata()
+        fingerprint = _fingerprint(encoder, encoder_metadata, digest, batch_size, on_error)
         if _up_to_date(store, encoder.name, fingerprint):
             _remove_partial(store / ".partial" / encoder.name)
             meta = _read_metadata(store, corpus, encoder.name)
             summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
                                                      len(manifest), meta["features_sha256"])  # fmt: skip
             continue
-        job = _start_job(store, encoder, fingerprint, n_chunks)
+        job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
         job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
         jobs.append(job)
 
