@@ -1,0 +1,180 @@
+"""parrot_jax.grid: configs and overrides, the paper's cells, keys, and a resumable run that survives SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parrot_jax import grid
+from parrot_jax.grid import Cell, GridConfig, apply_overrides, load_config, plan_cells
+from parrot_jax.report import read_paper_tables
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_ENCODERS = ["ssam-tiny", "ssam-small", "ssam-base", "wavlm-base", "hubert-base", "wav2vec2-base",
+                  "unispeech-sat-base", "mms-1b"]
+# A tiny grid: 3 folds, 2 epochs, 2 classical feature sets of a 24-utterance demo corpus.
+TINY_CONFIG = '''
+from parrot_jax.grid import GridConfig
+
+def get_config():
+    return GridConfig(run="tiny", features={features!r}, results={results!r}, folds=3,
+                      train={{"epochs": 2, "batch_size": 8, "eval_batch_size": 8}}, ablations={ablations})
+'''
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A feature store of a 24-utterance demo corpus (3 speakers x 2 texts x 4 emotions)."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.features import extract
+
+    base = tmp_path_factory.mktemp("grid")
+    root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
+    extract("demo", root, ["mfcc-stats", "logmel-stats"], base / "features", progress=False)
+    return base / "features"
+
+
+def _config_file(tmp_path: Path, store: Path, ablations: bool = False) -> Path:
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG.format(features=str(store), results=str(tmp_path / "results"), ablations=ablations))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# configs
+
+
+def test_overrides_parse_by_field_type():
+    config = apply_overrides(GridConfig(), ["seeds=0,1", "train.patience=none", "train.epochs=7", "ablations=true",
+                                            "protocol=speaker", "corpora=emodb", "model.dropout=0.25"])
+    assert config.seeds == (0, 1) and config.ablations is True and config.protocol == "speaker"
+    assert config.train == {"patience": None, "epochs": 7} and config.model == {"dropout": 0.25}
+    assert config.corpora == ("emodb",)
+    assert config.table2_methods == ("concat", "parrot", "hadamard", "ot")
+    with pytest.raises(ValueError, match=r"override 'epoch=5': unknown key 'epoch'"):
+        apply_overrides(GridConfig(), ["epoch=5"])
+    with pytest.raises(ValueError, match=r"override ablations='maybe': expected true or false"):
+        apply_overrides(GridConfig(), ["ablations=maybe"])
+    with pytest.raises(ValueError, match=r"GridConfig.protocol: expected 'stratified' or 'speaker', got 'loso'"):
+        apply_overrides(GridConfig(), ["protocol=loso"])
+    with pytest.raises(ValueError, match=r"override 'folds': expected key=value"):
+        apply_overrides(GridConfig(), ["folds"])
+
+
+def test_config_files_load_and_record_their_source(tmp_path):
+    config, provenance = load_config(REPO / "experiments" / "configs" / "paper.py", ["folds=4"])
+    assert config.folds == 4 and config.protocol == "stratified" and config.train["epochs"] == 50
+    assert provenance["overrides"] == ["folds=4"]
+    assert provenance["source"] == (REPO / "experiments" / "configs" / "paper.py").read_text()
+    for name in ("demo.py", "emodb_classical.py"):
+        assert isinstance(load_config(REPO / "experiments" / "configs" / name)[0], GridConfig)
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no get_config"):
+        load_config(bad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# cells
+
+
+def test_plan_has_the_papers_rows_in_its_order():
+    cells, notes = plan_cells(GridConfig(), {"cremad": list(reversed(PAPER_ENCODERS))})
+    assert notes == []
+    paper = read_paper_tables()
+    paper_pairs = list(dict.fromkeys(k[2] for k in paper if k[0] == 2))
+    ours = [c.abbrev for c in cells if c.table == 2 and c.method == "parrot"]
+    assert ours == paper_pairs  # 15 Mamba-attention + 10 attention-attention, the paper's order
+    table1 = [(c.method, c.abbrev) for c in cells if c.table == 1]
+    assert table1 == [(m, a) for m in ("svm", "fcn", "cnn") for a in ("A(T)", "A(S)", "A(B)", "W", "H", "W2", "U", "M")]
+    assert {(c.table, c.method, c.abbrev, "cremad") for c in cells} <= set(paper)  # every cell has a paper number
+    assert len(cells) == 3 * 8 + 2 * 25
+
+
+def test_plan_pairs_classical_features_only_when_nothing_else_is_present():
+    cells, notes = plan_cells(GridConfig(ablations=True), {"demo": ["logmel-stats", "mfcc-stats"]})
+    assert [c.encoders for c in cells if c.table == 2] == [("mfcc-stats", "logmel-stats")] * 4
+    assert notes == ["demo: only classical features present (mfcc-stats, logmel-stats): Table 2 pairs them, "
+                     "standing in for the paper's Mamba and attention encoders"]
+    mixed, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-base", "hubert-base"]})
+    assert [c.abbrev for c in mixed if c.table == 2] == ["A(B)+H", "A(B)+H"]
+
+
+def test_key_follows_config_and_features(store):
+    data = grid.load_corpus(store, "demo", ["mfcc-stats", "logmel-stats"])
+    svm, parrot = Cell("demo", 1, "svm", ("mfcc-stats",)), Cell("demo", 2, "parrot", ("mfcc-stats", "logmel-stats"))
+    base = GridConfig()
+    longer = apply_overrides(base, ["train.epochs=3"])
+    assert grid.cell_key(svm, base, data) == grid.cell_key(svm, longer, data)  # epochs do not touch the SVM
+    assert grid.cell_key(parrot, base, data) != grid.cell_key(parrot, longer, data)
+    assert grid.cell_key(svm, base, data) != grid.cell_key(svm, apply_overrides(base, ["folds=4"]), data)
+    data.hashes["mfcc-stats"] = "0" * 64  # other feature content
+    assert grid.cell_key(parrot, base, data) != grid.cell_key(parrot, longer, data) != ""
+    assert data.labels.tolist().count(0) == 6 and data.class_names == ("anger", "happiness", "neutral", "sadness")
+
+
+# ----------------------------------------------------------------------------------------------------
+# a real run, killed and resumed
+
+
+def _grid(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_MININTERVAL="0")
+    return subprocess.Popen([sys.executable, str(REPO / "experiments" / "run_grid.py"), "--config", str(config), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
+    config = _config_file(tmp_path, store, ablations=True)
+    cells_dir = tmp_path / "results" / "tiny" / "cells"
+    proc = _grid(config)
+    deadline = time.time() + 240
+    while len(list(cells_dir.glob("*.json"))) < 3:  # SVMs first, then at least one trained cell
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "grid made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.read_bytes() for p in cells_dir.glob("*.json")}
+    for text in finished.values():
+        json.loads(text)  # every file present is a complete cell
+    assert 3 <= len(finished) < 10  # 2 encoders x (svm, fcn, cnn) + 1 pair x (concat, parrot, hadamard, ot)
+
+    rerun = _grid(config)
+    out, _ = rerun.communicate(timeout=400)
+    assert rerun.returncode == 0, out
+    assert f"10 cells: {len(finished)} done and unchanged (skipped), {10 - len(finished)} to run" in out
+    assert {p.name: p.read_bytes() for p in cells_dir.glob("*.json") if p.name in finished} == finished
+    assert len(list(cells_dir.glob("*.json"))) == 10 and not list(cells_dir.glob(".*tmp*"))
+
+    # outputs of the finished grid
+    run = tmp_path / "results" / "tiny"
+    for name in ("table1.md", "table1.csv", "table1.png", "table2.md", "table2.csv", "table2.png", "grid.json"):
+        assert (run / name).is_file(), name
+    best = json.loads((run / "grid.json").read_text())
+    assert set(best["cells"]) == {p.stem for p in cells_dir.glob("*.json")}
+    assert len(list(run.glob("confusion_demo__parrot__*.png"))) == 1 and len(list(run.glob("tsne_*.png"))) == 1
+    record = json.loads((cells_dir / "demo__parrot__mfcc-stats+logmel-stats.json").read_text())
+    labels = grid.load_corpus(store, "demo", ["mfcc-stats"]).labels
+    assert np.sum(record["confusion"]) == len(labels)  # every utterance tested once
+    for run_ in record["result"]["runs"]:  # the stored accuracy is the one its predictions give
+        truth = labels[run_["test_indices"]]
+        assert run_["accuracy"] == pytest.approx(np.mean(np.array(run_["predictions"]) == truth))
+    assert record["provenance"]["source"] == config.read_text()
+    assert record["feature_hashes"].keys() == {"mfcc-stats", "logmel-stats"}
+    assert record["settings"]["train"]["epochs"] == 2 and record["versions"]["jax"]
+    assert record["timings"]["train_seconds"] > 0
+
+    # a changed setting reruns the cells it touches, and only those
+    dry = _grid(config, "--dry-run", "--set", "train.epochs=3")
+    out, _ = dry.communicate(timeout=120)
+    status = [line.split("]")[0].strip(" [") for line in out.splitlines() if line.startswith("  [")]
+    assert status == ["done"] * 2 + ["changed"] * 8, out  # the SVM rows do not depend on epochs

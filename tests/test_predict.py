@@ -1,0 +1,117 @@
+"""parrot_jax.predict: saved models (orbax), and emotions of recordings the test writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from parrot_jax import cli
+from parrot_jax.audio import load_audio
+from parrot_jax.features import load_features
+from parrot_jax.predict import load_model, predict_files, save_model, train_on_corpus
+from parrot_jax.training import TrainConfig
+
+ENCODERS = ["mfcc-stats", "logmel-stats"]
+TINY = TrainConfig(epochs=2, batch_size=8, eval_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus root, feature store) of a 24-utterance demo corpus."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.features import extract
+
+    base = tmp_path_factory.mktemp("predict")
+    root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
+    extract("demo", root, ENCODERS, base / "features", progress=False)
+    return root, base / "features"
+
+
+@pytest.fixture(scope="module")
+def saved(corpus, tmp_path_factory) -> Path:
+    _, store = corpus
+    model, scores = train_on_corpus(store, "demo", "parrot", ENCODERS, TINY, holdout=0.25)
+    assert scores["holdout_rows"] == 6 and scores["train_rows"] + scores["val_rows"] == 18
+    return save_model(tmp_path_factory.mktemp("model") / "parrot", model)
+
+
+def test_saved_model_predicts_a_written_file_as_its_stored_features(corpus, saved, tmp_path):
+    root, store = corpus
+    model = load_model(saved)
+    assert model.kind == "parrot" and model.encoders == tuple(ENCODERS)
+    assert model.class_names == ("anger", "happiness", "neutral", "sadness") and model.members == 1
+    stored = [load_features(store, "demo", e) for e in ENCODERS]
+    row = 5
+    source = root / "wav" / f"{stored[0].ids[row]}.wav"
+    # The test writes a new file with the same samples (16-bit PCM round-trips exactly).
+    new = tmp_path / "new_recording.wav"
+    sf.write(new, load_audio(source), 16000, subtype="PCM_16")
+    [prediction] = predict_files(model, [new])
+    expected = model.probabilities([np.asarray(s.matrix[row : row + 1]) for s in stored])[0]
+    got = np.array([prediction.probabilities[c] for c in model.class_names])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert prediction.emotion == model.class_names[int(expected.argmax())]
+    assert got.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_save_and_load_keep_params_exactly(corpus, saved, tmp_path):
+    model = load_model(saved)
+    again = load_model(save_model(tmp_path / "copy", model))
+    for a, b in zip(np.concatenate([np.ravel(x) for x in _leaves(model.params)]),
+                    np.concatenate([np.ravel(x) for x in _leaves(again.params)])):
+        assert a == b
+    np.testing.assert_array_equal(model.standardizer.mean[0], again.standardizer.mean[0])
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_stereo_44k_file_is_downmixed_and_resampled(saved, tmp_path):
+    t = np.arange(int(1.5 * 44100)) / 44100
+    voice = 0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([voice, 0.5 * voice], axis=1), 44100)
+    [prediction] = predict_files(load_model(saved), [path])
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_trains_saves_then_loads(corpus, tmp_path, capsys):
+    root, store = corpus
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, load_audio(next((root / "wav").glob("*.wav"))), 16000, subtype="PCM_16")
+    target = tmp_path / "model"
+    argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--epochs", "1", str(wav)]
+    assert cli.main(argv) == 0
+    trained = capsys.readouterr().out
+    assert "trained parrot on demo (mfcc-stats+logmel-stats)" in trained and (target / "model.json").is_file()
+    assert cli.main(["predict", "--model", str(target), str(wav)]) == 0
+    loaded = capsys.readouterr().out.splitlines()
+    assert loaded[0].startswith(f"model {target}: parrot on mfcc-stats+logmel-stats, 1 member(s)")
+    header, line = loaded[1].split(), loaded[2].split()
+    assert header == ["file", "emotion", "anger", "happiness", "neutral", "sadness"]
+    probs = [float(x) for x in line[2:]]
+    assert line[0] == str(wav) and line[1] == header[2 + int(np.argmax(probs))]
+    assert trained.splitlines()[-1] == loaded[2]  # the same model gives the same line
+
+
+def test_missing_model_and_mismatched_encoder_settings_are_refused(saved, tmp_path, capsys):
+    wav = tmp_path / "x.wav"
+    sf.write(wav, 0.1 * np.sin(np.linspace(0, 3000, 16000)), 16000)
+    assert cli.main(["predict", "--model", str(tmp_path / "none"), str(wav)]) == 1
+    assert "none holds no saved model (model.json missing); pass --corpus NAME" in capsys.readouterr().err
+    meta = json.loads((saved / "model.json").read_text())
+    meta["feature_metadata"]["mfcc-stats"]["encoder_metadata"]["config"]["n_mfcc"] = 20
+    meta["feature_metadata"]["mfcc-stats"]["encoder_metadata"]["config"]["window"] = "hamming"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.json").write_text(json.dumps(meta))
+    (other / "state").symlink_to(saved / "state")
+    with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': cannot rebuild the settings .*'window': 'hamming'"):
+        predict_files(load_model(other), [wav])
