@@ -85,18 +85,49 @@ def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:  # issue 3
 
 
 def _add_grid(sub: argparse._SubParsersAction) -> None:  # issue 6
+    from parrot_jax import grid
+
     p = sub.add_parser("grid", help="run the paper's Table 1 / Table 2 grid")
-    p.set_defaults(run=lambda args: _not_built("grid"))
+    grid.add_arguments(p)
+    p.set_defaults(run=grid.command)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # issue 6
+    from pathlib import Path
+
     p = sub.add_parser("predict", help="emotion and class probabilities of new recordings")
-    p.set_defaults(run=lambda args: _not_built("predict"))
+    p.add_argument("files", nargs="+", type=Path, help="audio files")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a saved model folder; with --corpus, one is trained on that corpus and saved here")
+    p.add_argument("--corpus", help="train on this corpus's stored features first (when --model holds none)")
+    p.add_argument("--features", type=Path, default=Path("features"), help="the feature store (default: features)")
+    p.add_argument("--kind", default="parrot", help="model kind to train (default: parrot)")
+    p.add_argument("--encoders", help="comma-separated encoders to train on (default: every one stored)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50, the paper's)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="ENCODER=PATH",
+                   help="checkpoint folder of an encoder that needs one")
+
+    def run(args: argparse.Namespace) -> int:
+        from parrot_jax import predict
+
+        return predict.command(args)
+
+    p.set_defaults(run=run)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:  # issue 6
+    from pathlib import Path
+
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic corpus")
-    p.set_defaults(run=lambda args: _not_built("demo"))
+    p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default: demo)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
+
+    def run(args: argparse.Namespace) -> int:
+        from parrot_jax import demo
+
+        return demo.run(args.out, epochs=args.epochs)
+
+    p.set_defaults(run=run)
 
 
 def _not_built(command: str) -> int:
