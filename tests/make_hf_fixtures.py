@@ -34,7 +34,8 @@ def families() -> dict[str, tuple[torch.nn.Module, bool]]:
     """name -> (model with random weights, do_normalize)."""
     return {
         "wav2vec2": (T.Wav2Vec2Model(T.Wav2Vec2Config(**COMMON, feat_extract_norm="group")), True),
-        "hubert": (T.HubertModel(T.HubertConfig(**COMMON, feat_extract_norm="group", feat_proj_layer_norm=False)), False),
+        "hubert": (T.HubertModel(T.HubertConfig(**COMMON, feat_extract_norm="group", feat_proj_layer_norm=False)),
+                   False),
         "unispeech_sat": (T.UniSpeechSatForPreTraining(T.UniSpeechSatConfig(
             **COMMON, feat_extract_norm="group", codevector_dim=8, proj_codevector_dim=8, num_codevectors_per_group=4,
             num_codevector_groups=2, num_clusters=3)), True),

@@ -41,7 +41,8 @@ def check_hidden_states(folder: Path, load, model) -> None:
         assert int(frames[0]) == ref.shape[1] == cfg.frames(x.size)
         assert len(states) == ref.shape[0]
         for k, s in enumerate(states):
-            np.testing.assert_allclose(np.asarray(s[0]), ref[k], rtol=0, atol=TOL, err_msg=f"{folder.name} wave {i} state {k}")
+            np.testing.assert_allclose(np.asarray(s[0]), ref[k], rtol=0, atol=TOL,
+                                       err_msg=f"{folder.name} wave {i} state {k}")
         np.testing.assert_allclose(np.asarray(last[0]), expected[f"last_{i}"], rtol=0, atol=TOL)
 
 
@@ -95,7 +96,8 @@ def test_encoder_protocol_and_bad_waves():
     enc = registry.build("wav2vec2-base", folder)
     assert (enc.name, enc.dim, enc.sample_rate, enc.min_samples) == ("wav2vec2-base", 16, 16000, 30)
     meta = enc.metadata()
-    assert meta["checkpoint"] == "model.safetensors" and len(meta["checkpoint_sha256"]) == 64 and meta["config"]["hidden_size"] == 16
+    assert meta["checkpoint"] == "model.safetensors" and len(meta["checkpoint_sha256"]) == 64
+    assert meta["config"]["hidden_size"] == 16 and meta["pooling"] == "mean" and meta["layer"] == "last"
     json.dumps(meta)
     with pytest.raises(ValueError, match="at least 30 samples"):
         enc.embed_batch([np.zeros(29, np.float32)])
@@ -209,3 +211,28 @@ def test_live_random_config_equals_transformers(tmp_path):
             np.testing.assert_allclose(np.asarray(s[0]), r[0].numpy(), rtol=0, atol=TOL)
         np.testing.assert_allclose(np.asarray(last[0]), ref.last_hidden_state[0].numpy(), rtol=0, atol=TOL)
     np.testing.assert_allclose(enc.embed_batch(waves), np.stack([enc.embed_batch([w])[0] for w in waves]), atol=TOL)
+
+
+@pytest.mark.slow
+def test_compiled_programs_go_to_the_persistent_cache(tmp_path):
+    """A fresh process writes its compiled programs to the cache folder; a second one reads them back."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "jax-cache"
+    script = (
+        "import numpy as np, sys\n"
+        "from parrot_jax.encoders import wav2vec2 as w2v\n"
+        f"enc = w2v.build('t', sys.argv[1], compilation_cache=sys.argv[2])\n"
+        "print(enc.embed_batch([np.ones(3000, np.float32)])[0, :3].tolist())\n"
+    )
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+    run = lambda: subprocess.run([sys.executable, "-c", script, str(FIXTURES / "wav2vec2"), str(cache)], env=env,
+                                 capture_output=True, text=True, check=True)
+    first = run()
+    entries = {p.name for p in cache.iterdir()}
+    assert entries, first.stderr
+    second = run()
+    assert second.stdout == first.stdout
+    assert {p.name for p in cache.iterdir()} == entries  # nothing new compiled: every program came from the cache

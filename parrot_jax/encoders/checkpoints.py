@@ -26,7 +26,7 @@ import pickle
 import re
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -272,7 +272,10 @@ def _read_record(path: Path, zf: zipfile.ZipFile, name: str, dtype: np.dtype, nu
             local = f.read(30)
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         start = info.header_offset + 30 + name_len + extra_len
-        flat = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,)) if numel else np.zeros(0, np.uint8)
+        if numel:
+            flat = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,))
+        else:
+            flat = np.zeros(0, np.uint8)
     else:
         flat = np.frombuffer(zf.read(name), dtype=np.uint8)
     flat = flat.view(dtype)
@@ -368,13 +371,6 @@ def conv_kernel(w: np.ndarray) -> np.ndarray:
     return w.transpose(2, 1, 0)
 
 
-@dataclass
-class _Problems:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    misshaped: list[str] = field(default_factory=list)
-
-
 def load_params(template: Any, state: Mapping[str, np.ndarray],
                 rename: Callable[[str], tuple[str, Transform] | None], source: str = "checkpoint",
                 dtype: np.dtype = np.float32) -> Any:
@@ -389,28 +385,29 @@ def load_params(template: Any, state: Mapping[str, np.ndarray],
               for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
     found: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}
-    problems = _Problems()
+    unexpected: list[str] = []
+    misshaped: dict[str, str] = {}  # Flax path -> description
     for key in sorted(state):
         target = rename(key)
         if target is None or target[0] not in wanted:
-            problems.unexpected.append(key)
+            unexpected.append(key)
             continue
         flax_path, transform = target
-        value = transform(np.asarray(state[key]))
-        if flax_path in found:
+        if flax_path in origin:
             raise CheckpointMismatch(f"{source}: {origin[flax_path]} and {key} both map to {flax_path}")
-        if tuple(value.shape) != tuple(wanted[flax_path].shape):
-            problems.misshaped.append(f"{key} -> {flax_path}: {tuple(value.shape)} (expected {tuple(wanted[flax_path].shape)})")
-            continue
-        found[flax_path] = value.astype(dtype, copy=False)
         origin[flax_path] = key
-    problems.missing = sorted(set(wanted) - set(found) - {p.split(" -> ")[1].split(":")[0] for p in problems.misshaped})
-    if problems.missing or problems.unexpected or problems.misshaped:
+        value = transform(np.asarray(state[key]))
+        expected = tuple(wanted[flax_path].shape)
+        if tuple(value.shape) != expected:
+            misshaped[flax_path] = f"{key} -> {flax_path}: {tuple(value.shape)} (expected {expected})"
+        else:
+            found[flax_path] = value.astype(dtype, copy=False)
+    missing = [p for p in wanted if p not in origin]
+    if missing or unexpected or misshaped:
         lines = [f"{source}: weights do not match the model"]
-        for title, items in (("missing", problems.missing), ("unexpected", problems.unexpected),
-                             ("mis-shaped", problems.misshaped)):
+        problems = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", list(misshaped.values())))
+        for title, items in problems:
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         raise CheckpointMismatch("\n".join(lines))
-    leaves = [found[p] for p in wanted]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), [found[p] for p in wanted])

@@ -20,6 +20,7 @@ frames only, so a row's embedding does not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -81,7 +82,8 @@ class Wav2Vec2Config:
             raise ValueError(f"{source}: feat_extract_norm={hf.feat_extract_norm!r}; expected 'group' or 'layer'")
         for field_name in ("hidden_act", "feat_extract_activation"):
             if getattr(hf, field_name) not in _ACTIVATIONS:
-                raise ValueError(f"{source}: {field_name}={getattr(hf, field_name)!r}; expected one of {sorted(_ACTIVATIONS)}")
+                raise ValueError(f"{source}: {field_name}={getattr(hf, field_name)!r}; "
+                                 f"expected one of {sorted(_ACTIVATIONS)}")
         return cls(
             model_type=hf.model_type,
             hidden_size=hf.hidden_size,
@@ -227,8 +229,8 @@ class PositionalConv(nn.Module):
         k = c.num_conv_pos_embeddings
         if c.conv_pos_batch_norm:
             x = FrozenBatchNorm(name="batch_norm")(x)
-        y = nn.Conv(c.hidden_size, (k,), padding=[(k // 2, k // 2)], feature_group_count=c.num_conv_pos_embedding_groups,
-                    name="conv")(x)
+        y = nn.Conv(c.hidden_size, (k,), padding=[(k // 2, k // 2)],
+                    feature_group_count=c.num_conv_pos_embedding_groups, name="conv")(x)
         if k % 2 == 0:
             y = y[:, :-1]
         return _ACTIVATIONS[c.feat_extract_activation](y)
@@ -341,7 +343,8 @@ class Wav2Vec2Model(nn.Module):
 
 PREFIXES = ("wav2vec2.", "hubert.", "unispeech_sat.", "wavlm.")
 UNUSED = (  # heads of pre-training / fine-tuning classes and training-only parameters
-    r"masked_spec_embed$", r"quantizer\.", r"project_q\.", r"project_hid\.", r"final_proj\.", r"label_embs_concat$", r"label_embeddings_concat$",
+    r"masked_spec_embed$", r"quantizer\.", r"project_q\.", r"project_hid\.", r"final_proj\.",
+    r"label_embs_concat$", r"label_embeddings_concat$",
     r"lm_head\.", r"speaker_proj\.", r"layer_norm_for_extract\.", r"classifier\.", r"projector\.", r"layer_weights$",
     r"tdnn\.", r"feature_extractor_xvector\.", r"objective\.", r".*num_batches_tracked$",
 )
@@ -382,7 +385,8 @@ def checkpoint_file(folder: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin (expected a downloaded checkpoint folder)")
+    raise FileNotFoundError(
+        f"{folder}: no model.safetensors or pytorch_model.bin (expected a downloaded checkpoint folder)")
 
 
 def read_config(folder: Path, expected_types: Sequence[str]) -> Any:
@@ -407,7 +411,7 @@ def load(folder: Path, model: Callable[[Wav2Vec2Config], nn.Module] | None = Non
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, n)), jnp.array([n]))["params"]
     path = checkpoint_file(folder)
     params = ck.load_params(template, prepare_state(ck.read_state_dict(path)), rename, source=str(path))
-    return cfg, params
+    return cfg, jax.device_put(params)  # on the device once, not copied from host memory at every call
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,12 +453,12 @@ def pool(states: tuple[jax.Array, ...], last: jax.Array, frames: jax.Array, laye
         h = states[layer]
     else:
         h = sum(w * s for w, s in zip(layer, states))
-    mask = _valid(frames, h.shape[1])[:, :, None].astype(h.dtype)
+    mask = _valid(frames, h.shape[1]).astype(h.dtype)
     n = frames[:, None].astype(h.dtype)
-    mean = jnp.sum(h * mask, axis=1) / n
+    mean = jnp.einsum("bt,btd->bd", mask, h) / n  # sums over time as products: see MaskedInstanceNorm
     if pooling == "mean":
         return mean
-    var = jnp.sum(jnp.square(h - mean[:, None]) * mask, axis=1) / n
+    var = jnp.einsum("bt,btd->bd", mask, jnp.square(h - mean[:, None])) / n
     return jnp.concatenate([mean, jnp.sqrt(var)], axis=-1)
 
 
@@ -463,15 +467,15 @@ class Options:
     """Encoder options (all have defaults: the paper's setting is the last hidden state, mean-pooled).
 
     layer: "last" | int | sequence of L+1 weights (see :func:`pool`). pooling: "mean" | "mean+std".
-    batch_size: most rows per compiled call (rows are padded up to a power of two <= batch_size).
+    batch_size: most rows per compiled call (a last, smaller group is padded to a power of two rows).
     bucket_ratio: padded lengths lie on a geometric grid of this ratio (fewer compilations, < ratio-1 padding).
     compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
     """
 
     layer: Any = "last"
     pooling: str = "mean"
-    batch_size: int = 8
-    bucket_ratio: float = 1.25
+    batch_size: int = 4
+    bucket_ratio: float = 1.1
     compilation_cache: str | None = None
 
 
@@ -490,9 +494,13 @@ class AttentionEncoder:
             raise FileNotFoundError(f"{self.folder}: no preprocessor_config.json (feature-extractor settings)")
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(self.folder), local_files_only=True)
         if fe.sampling_rate != self.sample_rate:
-            raise ValueError(f"{self.folder}/preprocessor_config.json: sampling_rate {fe.sampling_rate}; expected 16000")
+            raise ValueError(
+                f"{self.folder}/preprocessor_config.json: sampling_rate {fe.sampling_rate}; expected 16000")
         self.do_normalize = bool(fe.do_normalize)
         self._normalize = fe.zero_mean_unit_var_norm
+        if options.batch_size < 1 or options.bucket_ratio <= 1.0:
+            raise ValueError(f"batch_size={options.batch_size}, bucket_ratio={options.bucket_ratio}; "
+                             "expected batch_size >= 1 and bucket_ratio > 1")
         if options.pooling not in ("mean", "mean+std"):
             raise ValueError(f"pooling={options.pooling!r}; expected 'mean' or 'mean+std'")
         n_states = self.config.num_hidden_layers + 1
@@ -512,8 +520,15 @@ class AttentionEncoder:
             states, last, frames = module.apply({"params": params}, wave, length)
             return pool(states, last, frames, layer, options.pooling)
 
-        self._embed = jax.jit(embed)
+        self._embed = self._embed_one_device = jax.jit(embed)
         self._quantum = int(np.prod(self.config.conv_stride))
+
+    def use_devices(self, mesh: Any) -> None:
+        """Split each batch over the devices of `mesh` (a `jax.sharding.Mesh` of this host's devices;
+        see parrot_jax.distributed.data_parallel): the same rows, computed data-parallel."""
+        from parrot_jax.distributed import data_parallel
+
+        self._embed = data_parallel(self._embed_one_device, mesh) if mesh.devices.size > 1 else self._embed_one_device
 
     def prepare(self, wave: np.ndarray) -> np.ndarray:
         """float32 1-D wave, zero-mean unit-variance where preprocessor_config.json says do_normalize."""
@@ -531,7 +546,7 @@ class AttentionEncoder:
         order = sorted(range(len(xs)), key=lambda i: xs[i].size)
         for start in range(0, len(order), self.options.batch_size):
             idx = order[start: start + self.options.batch_size]
-            rows = 1 << (len(idx) - 1).bit_length()
+            rows = min(1 << (len(idx) - 1).bit_length(), self.options.batch_size)
             size = bucket_length(xs[idx[-1]].size, self._quantum, self.options.bucket_ratio)
             wave = np.zeros((rows, size), np.float32)
             length = np.full((rows,), size, np.int32)  # filler rows: full-length silence (never all-masked)
@@ -541,15 +556,21 @@ class AttentionEncoder:
             out[idx] = np.asarray(self._embed(self.params, wave, length))[: len(idx)]
         return out
 
-    def metadata(self) -> dict[str, Any]:
-        path = checkpoint_file(self.folder)
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str:
+        """sha256 of the weights file (computed once: mms-1b's is 3.9 GB)."""
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open(checkpoint_file(self.folder), "rb") as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 digest.update(block)
+        return digest.hexdigest()
+
+    def metadata(self) -> dict[str, Any]:
+        path = checkpoint_file(self.folder)
         opts = asdict(self.options)
         opts["layer"] = opts["layer"] if isinstance(opts["layer"], (int, str)) else list(opts["layer"])
-        return {"name": self.name, "checkpoint": path.name, "checkpoint_sha256": digest.hexdigest(), "dim": self.dim,
+        return {"name": self.name, "checkpoint": path.name, "checkpoint_sha256": self.checkpoint_sha256,
+                "dim": self.dim,
                 "pooling": opts["pooling"], "layer": opts["layer"], "do_normalize": self.do_normalize,
                 "config": asdict(self.config), "options": opts}
 
