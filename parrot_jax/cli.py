@@ -104,6 +104,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # issue 6
     p.add_argument("--kind", default="parrot", help="model kind to train (default: parrot)")
     p.add_argument("--encoders", help="comma-separated encoders to train on (default: every one stored)")
     p.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50, the paper's)")
+    p.add_argument("--holdout", type=float, default=0.1, help="share of the corpus kept out to score it (0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the rest for early stopping (0.1)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="ENCODER=PATH",
                    help="checkpoint folder of an encoder that needs one")
 
@@ -119,7 +121,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # issue 6
     from pathlib import Path
 
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic corpus")
-    p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default: demo)")
+    p.add_argument("--out", type=Path, default=Path("results/demo"), help="working folder (default: results/demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
 
     def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ BANNER = (
 )
 
 
-def run(out: Path = Path("demo"), epochs: int | None = None, seed: int = 0) -> int:
+def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int = 0) -> int:
     """Generate, extract, run the grid, write tables/figures, train and predict; print as it goes."""
     from parrot_jax.corpora import generate_demo_corpus
     from parrot_jax.features import extract

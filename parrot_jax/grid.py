@@ -328,7 +328,8 @@ def model_config(config: GridConfig, num_classes: int):
     """The `ModelConfig` of every neural cell: its defaults, ``config.model``, the corpus's class count."""
     from parrot_jax.models import ModelConfig
 
-    return ModelConfig(**{**config.model, "num_classes": num_classes})
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}  # JSON lists -> tuples
+    return ModelConfig(**{**options, "num_classes": num_classes})
 
 
 def cell_folds(config: GridConfig, data: CorpusData):

@@ -322,7 +322,8 @@ def command(args) -> int:
             if missing:
                 raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in {args.features}")
             model, scores = train_on_corpus(args.features, args.corpus, args.kind, encoders,
-                                            TrainConfig(epochs=args.epochs))
+                                            TrainConfig(epochs=args.epochs), holdout=args.holdout,
+                                            val_fraction=args.val_fraction)
             save_model(args.model, model)
             print(f"trained {args.kind} on {args.corpus} ({'+'.join(encoders)}): {scores['train_rows']} rows; "
                   f"held-out accuracy {100 * scores['accuracy']:.1f}% on {scores['holdout_rows']} rows; "

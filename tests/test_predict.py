@@ -17,6 +17,7 @@ from parrot_jax.training import TrainConfig
 
 ENCODERS = ["mfcc-stats", "logmel-stats"]
 TINY = TrainConfig(epochs=2, batch_size=8, eval_batch_size=8)
+SMALL_MODEL = {"filters": (4, 8), "latent_dim": 8, "hidden": 16}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def saved(corpus, tmp_path_factory) -> Path:
     _, store = corpus
-    model, scores = train_on_corpus(store, "demo", "parrot", ENCODERS, TINY, holdout=0.25)
+    model, scores = train_on_corpus(store, "demo", "parrot", ENCODERS, TINY, SMALL_MODEL, holdout=0.25,
+                                    val_fraction=0.25)
     assert scores["holdout_rows"] == 6 and scores["train_rows"] + scores["val_rows"] == 18
     return save_model(tmp_path_factory.mktemp("model") / "parrot", model)
 
@@ -87,7 +89,8 @@ def test_cli_trains_saves_then_loads(corpus, tmp_path, capsys):
     wav = tmp_path / "clip.wav"
     sf.write(wav, load_audio(next((root / "wav").glob("*.wav"))), 16000, subtype="PCM_16")
     target = tmp_path / "model"
-    argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--epochs", "1", str(wav)]
+    argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--epochs", "1",
+            "--holdout", "0.25", "--val-fraction", "0.25", str(wav)]
     assert cli.main(argv) == 0
     trained = capsys.readouterr().out
     assert "trained parrot on demo (mfcc-stats+logmel-stats)" in trained and (target / "model.json").is_file()

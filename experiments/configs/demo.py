@@ -6,8 +6,8 @@ from parrot_jax.grid import GridConfig
 def get_config() -> GridConfig:
     return GridConfig(
         run="demo",
-        features="demo/features",
-        results="demo/results",
+        features="results/demo/features",
+        results="results/demo/results",
         corpora=("demo",),
         encoders=("mfcc-stats", "logmel-stats"),
         protocol="stratified",
