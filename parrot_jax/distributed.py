@@ -223,20 +223,27 @@ def gather(tree: PyTree, n: int | None = None) -> PyTree:
     return jax.tree_util.tree_map(fetch, tree)
 
 
-def data_parallel(fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, mesh: Mesh) -> Callable[[np.ndarray], np.ndarray]:
-    """x -> fn(params, x) as numpy, x's leading (batch) axis split over `mesh`.
+def data_parallel(fn: Callable[..., jax.Array], mesh: Mesh) -> Callable[..., np.ndarray]:
+    """`fn(params, *batch)` (jitted; row i of its result depends on row i of each batch array only,
+    as an encoder's forward) turned into one that splits the batch over `mesh` and returns numpy.
 
-    `params` are copied to every device once, here; each call pads x to a multiple of the device
-    count (repeating its last row), places one slice per device, runs `fn` (a jitted batch function
-    whose row i depends on x[i] only: an encoder's forward) and cuts the result back to len(x) rows.
-    `mesh` should hold this process's devices only (`local_mesh`): each host embeds its own part.
+    Each call pads the batch arrays to a multiple of the device count (repeating the last row),
+    places one slice per device, and cuts the result back to the batch's length. `params` are copied
+    to every device once and reused while the same arrays are passed (a new dict around the same
+    leaves is the same params). `mesh` holds this process's devices only (`local_mesh`): each host
+    embeds its own part.
     """
     if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
         raise ValueError("data_parallel needs a mesh of this process's devices (see local_mesh)")
-    placed = replicate(params, mesh)
+    placed: dict[tuple[int, ...], tuple[PyTree, PyTree]] = {}
 
-    def call(x: np.ndarray) -> np.ndarray:
-        return gather(fn(placed, shard_leading(np.asarray(x), mesh)), len(x))
+    def call(params: PyTree, *batch: np.ndarray) -> np.ndarray:
+        key = tuple(map(id, jax.tree_util.tree_leaves(params)))
+        if key not in placed:
+            placed.clear()  # keep one copy: the previous params are no longer used
+            placed[key] = (params, replicate(params, mesh))  # holding `params` keeps the ids valid
+        out = fn(placed[key][1], *shard_leading(tuple(np.asarray(x) for x in batch), mesh))
+        return gather(out, lanes(batch))
 
     return call
 

@@ -485,6 +485,7 @@ def extract(
     on_error: str = "raise",
     checkpoints: Mapping[str, Path] | None = None,
     progress: bool = True,
+    devices: str | None = None,
 ) -> ExtractSummary:
     """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
 
@@ -494,7 +495,15 @@ def extract(
     reason in `<encoder>.rejects.tsv`. An encoder whose finished store matches (same fingerprint and content
     hash) is not recomputed; an interrupted one resumes from its finished chunks. For corpus "demo" with no
     root, the demo corpus is generated in `demo_corpus/` first.
+
+    Devices and hosts (`parrot_jax.distributed`): `devices` (default `$PARROT_DEVICES`, else all) picks the
+    devices; encoders with ``use_devices`` split each batch over this host's chosen ones. Under several
+    processes (jax.distributed) each host embeds its own contiguous share of the chunks into the shared
+    `.partial/` folder (`out` must be on a filesystem every host sees); host 0 prepares the store first
+    and alone assembles the matrices and metadata, so the store is written exactly as by one process.
     """
+    from parrot_jax import distributed as dist
+
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
@@ -510,12 +519,56 @@ def extract(
             raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
     if len(set(names)) != len(names):
         raise ValueError(f"encoders given twice: {names}")
+    mesh = dist.local_mesh(dist.make_mesh(dist.select_devices(devices)))
+    for encoder in built:
+        if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
+            encoder.use_devices(mesh)
     store = Path(out) / corpus
-    store.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(store)
-    _write_store_manifest(store, corpus, manifest)
-
+    if dist.is_coordinator():
+        store.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(store)
+        _write_store_manifest(store, corpus, manifest)
     n_chunks = -(-len(manifest) // batch_size)
+    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
+    if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
+        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+    dist.barrier(f"extract {store}: planned on host 0")
+    if not dist.is_coordinator():
+        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+    dist.barrier(f"extract {store}: planned")
+
+    mine = set(dist.host_rows(n_chunks))
+    todo = sorted(set().union(*(job.todo for job in jobs)) & mine)
+    processed = [u for k in todo for u in chunk(k)]
+    from tqdm import tqdm
+
+    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
+        for k in todo:
+            needed = [job for job in jobs if k in job.todo]
+            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
+            for job in needed:
+                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
+            bar.update(len(chunk(k)))
+    dist.barrier(f"extract {store}: embedded")
+    for job in jobs:
+        if dist.is_coordinator():
+            summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
+    dist.barrier(f"extract {store}: finished")
+    for job in jobs:
+        if not dist.is_coordinator():
+            meta = _read_metadata(store, corpus, job.encoder.name)
+            summaries[job.encoder.name] = EncoderSummary(job.encoder.name, len(meta["ids"]), len(meta["rejects"]),
+                                                         job.computed_files, job.reused_files, meta["features_sha256"])
+    audio_seconds = sum(u.duration for u in processed if u.duration is not None)
+    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
+                          [summaries[name] for name in names])  # fmt: skip
+
+
+def _plan_jobs(
+    built: Sequence[registry.Encoder], store: Path, corpus: str, manifest: Sequence[Utterance], digest: str,
+    batch_size: int, on_error: str, n_chunks: int,
+) -> tuple[dict[str, EncoderSummary], list[_Job]]:
+    """Summaries of the encoders already up to date, and a job (chunks to do) for each other one."""
     chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
     summaries: dict[str, EncoderSummary] = {}
     jobs: list[_Job] = []
@@ -531,20 +584,4 @@ def extract(
         job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
         job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
         jobs.append(job)
-
-    todo = sorted(set().union(*(job.todo for job in jobs)))
-    processed = [u for k in todo for u in chunk(k)]
-    from tqdm import tqdm
-
-    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
-        for k in todo:
-            needed = [job for job in jobs if k in job.todo]
-            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
-            for job in needed:
-                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
-            bar.update(len(chunk(k)))
-    for job in jobs:
-        summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
-    audio_seconds = sum(u.duration for u in processed if u.duration is not None)
-    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
-                          [summaries[name] for name in names])  # fmt: skip
+    return summaries, jobs

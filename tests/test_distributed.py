@@ -34,7 +34,12 @@ def run_with_devices(code: str, devices: int = 4, env: dict[str, str] | None = N
         [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _json_line(proc.stdout)
+
+
+def _json_line(stdout: str) -> dict:
+    """The last JSON line of a child's stdout (Gloo's C++ logging shares the stream)."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
 # --- environment parsing (no devices touched) ---------------------------------------------------
@@ -221,6 +226,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_processes(code: str, count: int) -> list[dict]:
+    """Run `code` as `count` jax.distributed processes on localhost (2 CPU devices each); their JSON lines."""
+    port = _free_port()
+    procs = []
+    for rank in range(count):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_"))}
+        env.update(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=str(REPO),
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES=str(count),
+            JAX_PROCESS_ID=str(rank),
+        )
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-4000:]
+        outs.append(_json_line(stdout))
+    return outs
+
+
 @pytest.mark.slow
 def test_two_processes_on_localhost_share_one_mesh():
     """jax.distributed on CPU: 2 processes x 2 devices form one 4-device mesh; each process gets the
@@ -237,32 +266,7 @@ def test_two_processes_on_localhost_share_one_mesh():
     print(json.dumps(out))
     """
     )
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_"))}
-        env.update(
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
-            JAX_PLATFORMS="cpu",
-            PYTHONPATH=str(REPO),
-            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(rank),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(code)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outs = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr[-4000:]
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    outs = _run_processes(code, 2)
     for rank, out in enumerate(outs):
         assert (out["process"], out["count"], out["devices"], out["local"]) == (rank, 2, 4, 2)
         assert out["lanes"] == 6 and out["equal"], out
@@ -292,9 +296,73 @@ def test_data_parallel_batch_equals_one_device():
         params = model.init(jax.random.key(0), x[:1])
         forward = jax.jit(model.apply)
         one = np.asarray(forward(params, x))
-        many = dist.data_parallel(forward, params, dist.local_mesh(dist.make_mesh()))(x)
+        many = dist.data_parallel(forward, dist.local_mesh(dist.make_mesh()))(params, x)
         print(json.dumps({"shape": list(many.shape), "diff": float(np.abs(one - many).max())}))
         """
     )
     assert out["shape"] == [7, 8]
     assert out["diff"] <= 1e-6, out
+
+
+# --- extraction -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from parrot_jax.corpora import generate_demo_corpus
+
+    return generate_demo_corpus(tmp_path_factory.mktemp("demo"), seed=1, n_speakers=2, n_texts=3)  # 24 files
+
+
+@pytest.mark.slow
+def test_extraction_split_over_devices_equals_one_device(demo_corpus: Path, tmp_path: Path):
+    """The feature store built with the tiny wav2vec2 encoder (committed fixture) on 4 devices holds the
+    rows it holds on one device."""
+    out = run_with_devices(
+        f"""
+        import json
+        import numpy as np
+        from parrot_jax.encoders import registry
+        from parrot_jax.features import extract, load_features
+
+        folder = {str(REPO / "tests" / "fixtures" / "hf" / "wav2vec2")!r}
+        rows, split = {{}}, {{}}
+        for devices in ("1", "all"):
+            enc = registry.build("wav2vec2-base", folder, batch_size=8)
+            extract("demo", {str(demo_corpus)!r}, [enc], {str(tmp_path)!r} + "/" + devices, batch_size=8,
+                    progress=False, devices=devices)
+            rows[devices] = np.load({str(tmp_path)!r} + "/" + devices + "/demo/wav2vec2-base.npy")
+            split[devices] = enc._embed is not enc._embed_one_device
+        print(json.dumps({{"shape": list(rows["all"].shape), "split": split,
+                          "diff": float(np.abs(rows["1"] - rows["all"]).max())}}))
+        """
+    )
+    assert out["shape"] == [24, 16]
+    assert out["split"] == {"1": False, "all": True}
+    assert out["diff"] <= 1e-5, out
+
+
+@pytest.mark.slow
+def test_two_process_extraction_writes_the_one_process_store(demo_corpus: Path, tmp_path: Path):
+    """Two jax.distributed processes on localhost share the chunks (each embeds its half) and host 0
+    assembles: the store's files are byte-identical to a one-process extraction."""
+    from parrot_jax.features import extract
+
+    extract("demo", demo_corpus, ["logmel-stats"], tmp_path / "one", batch_size=4, progress=False)
+    code = f"""
+        import json
+        from parrot_jax import distributed as dist
+        dist.initialize_multihost()
+        from parrot_jax.features import extract
+        summary = extract("demo", {str(demo_corpus)!r}, ["logmel-stats"], {str(tmp_path / "two")!r},
+                          batch_size=4, progress=False)
+        print(json.dumps({{"computed": summary.encoders[0].computed_files, "rows": summary.encoders[0].rows}}))
+        """
+    outs = _run_processes(code, 2)
+    assert [o["computed"] for o in outs] == [12, 12]  # 6 chunks of 4 files: 3 chunks per host
+    assert [o["rows"] for o in outs] == [24, 24]
+    for suffix in (".npy", ".json", ".rejects.tsv"):
+        name = f"logmel-stats{suffix}"
+        assert (tmp_path / "two" / "demo" / name).read_bytes() == (tmp_path / "one" / "demo" / name).read_bytes()
+    assert (tmp_path / "two" / "demo" / "manifest.json").read_bytes() == (tmp_path / "one" / "demo" / "manifest.json").read_bytes()
+    assert not (tmp_path / "two" / "demo" / ".partial").exists()

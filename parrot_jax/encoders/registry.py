@@ -19,7 +19,12 @@ import numpy as np
 
 
 class Encoder(Protocol):
-    """What the feature store needs from an encoder."""
+    """What the feature store needs from an encoder.
+
+    An encoder that runs a JAX program may also offer ``use_devices(mesh)``: afterwards each batch is
+    split over the mesh's devices (this host's), with the same rows (`parrot_jax.distributed.data_parallel`).
+    The store calls it when more than one local device is chosen.
+    """
 
     name: str
     dim: int  # length of one pooled embedding
