@@ -139,11 +139,30 @@ def _not_built(command: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "
+                        "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_demo):
         add(sub)
     args = parser.parse_args(argv)
+    _use_devices(parser, args.devices)
     return int(args.run(args) or 0)
+
+
+def _use_devices(parser: argparse.ArgumentParser, spec: str | None) -> None:  # issue 7
+    """Join the other hosts (jax.distributed, when launched as several processes), then check and
+    record the device choice for the library (`PARROT_DEVICES`)."""
+    import os
+
+    from parrot_jax import distributed
+
+    distributed.initialize_multihost()
+    if spec is not None:
+        try:
+            distributed.select_devices(spec)
+        except ValueError as error:
+            parser.error(f"--devices: {error}")
+        os.environ[distributed.ENV_DEVICES] = spec
 
 
 if __name__ == "__main__":

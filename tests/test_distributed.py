@@ -366,3 +366,18 @@ def test_two_process_extraction_writes_the_one_process_store(demo_corpus: Path, 
         assert (tmp_path / "two" / "demo" / name).read_bytes() == (tmp_path / "one" / "demo" / name).read_bytes()
     assert (tmp_path / "two" / "demo" / "manifest.json").read_bytes() == (tmp_path / "one" / "demo" / "manifest.json").read_bytes()
     assert not (tmp_path / "two" / "demo" / ".partial").exists()
+
+
+def test_cli_devices_flag_is_checked_and_recorded(demo_corpus: Path, tmp_path: Path, monkeypatch, capsys):
+    from parrot_jax.cli import main
+
+    monkeypatch.delenv(dist.ENV_DEVICES, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["--devices", "ids:9", "demo"])
+    assert stop.value.code == 2
+    assert "--devices: devices spec 'ids:9': ids must be distinct and among [0]; unknown [9]" in capsys.readouterr().err
+    argv = ["--devices", "1", "extract", "--corpus", "demo", "--root", str(demo_corpus), "--encoders", "logmel-stats",
+            "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    assert os.environ[dist.ENV_DEVICES] == "1"
+    assert (tmp_path / "demo" / "logmel-stats.npy").is_file()
