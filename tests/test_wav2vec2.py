@@ -96,7 +96,7 @@ def test_encoder_protocol_and_bad_waves():
     enc = registry.build("wav2vec2-base", folder)
     assert (enc.name, enc.dim, enc.sample_rate, enc.min_samples) == ("wav2vec2-base", 16, 16000, 30)
     meta = enc.metadata()
-    assert meta["checkpoint"] == "model.safetensors" and len(meta["checkpoint_sha256"]) == 64
+    assert meta["checkpoint"] == ["model.safetensors"] and len(meta["checkpoint_sha256"]) == 64
     assert meta["config"]["hidden_size"] == 16 and meta["pooling"] == "mean" and meta["layer"] == "last"
     json.dumps(meta)
     with pytest.raises(ValueError, match="at least 30 samples"):
@@ -129,6 +129,27 @@ def test_missing_unexpected_misshaped_weights_listed_together(tmp_path):
     assert "missing (1): encoder/layers_1/feed_forward/output_dense/bias" in msg
     assert "unexpected (1): encoder.extra.weight" in msg
     assert "encoder.layers.0.attention.q_proj.weight -> encoder/layers_0/attention/q_proj/kernel: (15, 16)" in msg
+
+
+def test_sharded_checkpoint_loads_like_one_file(tmp_path):
+    import safetensors.numpy
+
+    src = FIXTURES / "wav2vec2"
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(src / name, folder / name)
+    state = ck.read_state_dict(src / "model.safetensors")
+    keys = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for shard, shard_keys in halves.items():
+        safetensors.numpy.save_file({k: np.ascontiguousarray(state[k]) for k in shard_keys}, folder / shard)
+    index = {"weight_map": {k: shard for shard, ks in halves.items() for k in ks}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    _, whole = w2v.load(src)
+    _, sharded = w2v.load(folder)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole, sharded)
+    assert w2v.build("t", folder).metadata()["checkpoint"] == sorted(halves)
 
 
 def test_refuses_adapter_configs(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -380,11 +381,16 @@ def prepare_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return ck.fold_weight_norm(ck.drop_keys(ck.strip_prefix(state, PREFIXES), UNUSED))
 
 
-def checkpoint_file(folder: Path) -> Path:
-    """model.safetensors if present, else pytorch_model.bin (the two names save_pretrained writes)."""
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint folder, in the names save_pretrained writes: model.safetensors, else
+    pytorch_model.bin, else the shards listed by model.safetensors.index.json / pytorch_model.bin.index.json."""
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            return folder / name
+            return [folder / name]
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / name).is_file():
+            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
+            return [folder / shard for shard in shards]
     raise FileNotFoundError(
         f"{folder}: no model.safetensors or pytorch_model.bin (expected a downloaded checkpoint folder)")
 
@@ -409,8 +415,10 @@ def load(folder: Path, model: Callable[[Wav2Vec2Config], nn.Module] | None = Non
     module = (model or Wav2Vec2Model)(cfg)
     n = cfg.min_samples
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, n)), jnp.array([n]))["params"]
-    path = checkpoint_file(folder)
-    params = ck.load_params(template, prepare_state(ck.read_state_dict(path)), rename, source=str(path))
+    files = checkpoint_files(folder)
+    state = {k: v for f in files for k, v in ck.read_state_dict(f).items()}
+    source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
+    params = ck.load_params(template, prepare_state(state), rename, source=source)
     return cfg, jax.device_put(params)  # on the device once, not copied from host memory at every call
 
 
@@ -558,18 +566,18 @@ class AttentionEncoder:
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
-        """sha256 of the weights file (computed once: mms-1b's is 3.9 GB)."""
+        """sha256 of the weight file(s), in order (computed once: mms-1b's weights are 3.9 GB)."""
         digest = hashlib.sha256()
-        with open(checkpoint_file(self.folder), "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
+        for path in checkpoint_files(self.folder):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(block)
         return digest.hexdigest()
 
     def metadata(self) -> dict[str, Any]:
-        path = checkpoint_file(self.folder)
         opts = asdict(self.options)
         opts["layer"] = opts["layer"] if isinstance(opts["layer"], (int, str)) else list(opts["layer"])
-        return {"name": self.name, "checkpoint": path.name, "checkpoint_sha256": self.checkpoint_sha256,
+        return {"name": self.name, "checkpoint": [p.name for p in checkpoint_files(self.folder)], "checkpoint_sha256": self.checkpoint_sha256,
                 "dim": self.dim,
                 "pooling": opts["pooling"], "layer": opts["layer"], "do_normalize": self.do_normalize,
                 "config": asdict(self.config), "options": opts}
