@@ -326,10 +326,9 @@ def train_config(config: GridConfig):
 
 def model_config(config: GridConfig, num_classes: int):
     """The `ModelConfig` of every neural cell: its defaults, ``config.model``, the corpus's class count."""
-    from parrot_jax.models import ModelConfig
+    from parrot_jax.predict import model_config_from_dict
 
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}  # JSON lists -> tuples
-    return ModelConfig(**{**options, "num_classes": num_classes})
+    return model_config_from_dict({**config.model, "num_classes": num_classes})
 
 
 def cell_folds(config: GridConfig, data: CorpusData):

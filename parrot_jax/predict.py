@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from parrot_jax.encoders import registry
-from parrot_jax.models import ModelConfig, build_model
+from parrot_jax.models import ModelConfig, build_model, penultimate_features
+from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import CellResult, Standardizer, TrainConfig, predict_logits, train_cell
 
@@ -128,7 +129,7 @@ def load_model(path: str | Path) -> SavedModel:
     stats = Standardizer(tuple(tree["mean"]), tuple(tree["scale"])) if meta["standardized"] else None
     return SavedModel(
         kind=meta["kind"],
-        model_config=ModelConfig(**meta["model_config"]),
+        model_config=model_config_from_dict(meta["model_config"]),
         encoders=tuple(meta["encoders"]),
         feature_metadata=meta["feature_metadata"],
         class_names=tuple(meta["class_names"]),
@@ -139,38 +140,26 @@ def load_model(path: str | Path) -> SavedModel:
     )
 
 
+def model_config_from_dict(options: Mapping[str, Any]) -> ModelConfig:
+    """A `ModelConfig` from its JSON form (lists back to tuples, ``sinkhorn`` a dict of its options)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    if isinstance(options.get("sinkhorn"), Mapping):
+        options["sinkhorn"] = SinkhornOptions(**options["sinkhorn"])
+    return ModelConfig(**options)
+
+
 # ----------------------------------------------------------------------------------------------------
 # penultimate activations (the paper's Figure 2)
 
 
-def _find(tree: Any, name: str) -> Any:
-    """The first value stored under key `name` anywhere in a nested dict."""
-    if isinstance(tree, Mapping):
-        if name in tree:
-            return tree[name]
-        for value in tree.values():
-            found = _find(value, name)
-            if found is not None:
-                return found
-    return None
-
-
 def penultimate(kind: str, model_config: ModelConfig, params: PyTree, features: Sequence[np.ndarray],
                 standardizer: Standardizer | None, eval_batch_size: int = 32) -> np.ndarray:
-    """float32 [N, H]: the activations the model sows as ("intermediates", "penultimate"), rows
+    """float32 [N, H]: the input of the model's last Dense (`models.penultimate_features`), rows
     evaluated in the given order `eval_batch_size` at a time (padded, masked), as the trainer does."""
     if standardizer is not None:
         features = standardizer.apply(features)
     module = build_model(kind, model_config)
-
-    @jax.jit
-    def apply(p, inputs, mask):
-        _, state = module.apply({"params": p}, inputs, mask=mask, train=False, mutable=["intermediates"])
-        sown = _find(state, "penultimate")
-        if sown is None:
-            raise ValueError(f"model {kind!r} sows no ('intermediates', 'penultimate') activations")
-        return sown[-1] if isinstance(sown, tuple) else sown
-
+    apply = jax.jit(lambda p, inputs, mask: penultimate_features(module, p, inputs, mask))
     n = len(features[0])
     batches = -(-n // eval_batch_size)
     idx = np.zeros(batches * eval_batch_size, np.int64)
@@ -219,7 +208,7 @@ def train_on_corpus(features_root: str | Path, corpus: str, kind: str, encoders:
     data = load_corpus(features_root, corpus, list(encoders))
     fold = make_folds(data.labels, None, "stratified", round(1 / holdout), seed, val_fraction)[0]
     features = [data.matrices[e] for e in encoders]
-    model_config = ModelConfig(**{**(model_options or {}), "num_classes": len(data.class_names)})
+    model_config = model_config_from_dict({**(model_options or {}), "num_classes": len(data.class_names)})
     result = train_cell(kind, model_config, features, data.labels, [fold], train_config)
     scores = {m: getattr(result.runs[0], m) for m in ("accuracy", "macro_f1", "uar")}
     scores.update(train_rows=len(fold.train), val_rows=len(fold.val), holdout_rows=len(fold.test))

@@ -89,14 +89,14 @@ def test_cli_trains_saves_then_loads(corpus, tmp_path, capsys):
     wav = tmp_path / "clip.wav"
     sf.write(wav, load_audio(next((root / "wav").glob("*.wav"))), 16000, subtype="PCM_16")
     target = tmp_path / "model"
-    argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--epochs", "1",
-            "--holdout", "0.25", "--val-fraction", "0.25", str(wav)]
+    argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--kind", "fcn",
+            "--encoders", "logmel-stats", "--epochs", "1", "--holdout", "0.25", "--val-fraction", "0.25", str(wav)]
     assert cli.main(argv) == 0
     trained = capsys.readouterr().out
-    assert "trained parrot on demo (mfcc-stats+logmel-stats)" in trained and (target / "model.json").is_file()
+    assert "trained fcn on demo (logmel-stats)" in trained and (target / "model.json").is_file()
     assert cli.main(["predict", "--model", str(target), str(wav)]) == 0
     loaded = capsys.readouterr().out.splitlines()
-    assert loaded[0].startswith(f"model {target}: parrot on mfcc-stats+logmel-stats, 1 member(s)")
+    assert loaded[0].startswith(f"model {target}: fcn on logmel-stats, 1 member(s)")
     header, line = loaded[1].split(), loaded[2].split()
     assert header == ["file", "emotion", "anger", "happiness", "neutral", "sadness"]
     probs = [float(x) for x in line[2:]]
@@ -118,3 +118,27 @@ def test_missing_model_and_mismatched_encoder_settings_are_refused(saved, tmp_pa
     (other / "state").symlink_to(saved / "state")
     with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': cannot rebuild the settings .*'window': 'hamming'"):
         predict_files(load_model(other), [wav])
+
+
+def test_test_activations_come_from_the_fold_model_that_tested_each_row(corpus):
+    from parrot_jax.grid import load_corpus
+    from parrot_jax.models import ModelConfig
+    from parrot_jax.predict import penultimate, test_activations
+    from parrot_jax.splits import make_folds
+    from parrot_jax.training import train_cell
+
+    _, store = corpus
+    data = load_corpus(store, "demo", ["mfcc-stats"])
+    folds = make_folds(data.labels, None, "stratified", 3, 0, 0.25)
+    config = ModelConfig(**{**SMALL_MODEL, "num_classes": 4})
+    features = [data.matrices["mfcc-stats"]]
+    result = train_cell("fcn", config, features, data.labels, folds, TINY)
+    acts = test_activations(result, config, features, folds, TINY.eval_batch_size)
+    assert acts.shape[0] == len(data.labels) and np.isfinite(acts).all()
+    for f, fold in enumerate(folds):  # an FCN row's activation does not depend on its batch-mates
+        row = int(fold.test[1])
+        params, stats = result.member(0, f)
+        alone = penultimate("fcn", config, params, [features[0][row : row + 1]], stats)
+        np.testing.assert_allclose(acts[row], alone[0], atol=1e-5)
+        other, other_stats = result.member(0, (f + 1) % len(folds))
+        assert not np.allclose(acts[row], penultimate("fcn", config, other, [features[0][row : row + 1]], other_stats)[0])
