@@ -1,0 +1,552 @@
+"""The k-fold trainer: all folds (x seeds) of one cell trained by one compiled program.
+
+A *member* is one (seed, fold) pair; the M = len(seeds) * len(folds) members are stacked along a
+leading axis (seed-major: member m = s * F + f) and one `jax.vmap`-ed, `jax.jit`-ed train step updates
+all of them at once. Per member and epoch:
+
+- the training rows are shuffled (numpy, seeded by (seed, fold, epoch)) and cut into batches of
+  ``batch_size``, the last one partial. Members are padded to the longest epoch: a padded row has
+  mask False, and a step whose rows are all padding leaves params and Adam state untouched (a no-op),
+  so each member takes exactly the updates it would take alone;
+- the loss is the mean cross-entropy over the valid rows only,
+  L = sum_i m_i CE(f(x_i), y_i) / sum_i m_i, and the model ignores padding rows (see models.py);
+- Adam (optax.adam, lr 1e-3, b1 0.9, b2 0.999, eps 1e-8);
+- after the epoch the validation rows are evaluated; the best-validation params are kept, and a member
+  whose validation score has not improved for ``patience`` epochs stops (its later steps are no-ops).
+
+Features are standardised per member with the mean and standard deviation of its *training* rows
+(never validation or test): z = (x - mean) / std, std = 1 where a column is constant.
+
+Evaluation batching is fixed because PARROT's OT plan couples the rows of a batch: rows are taken in
+ascending row order, ``eval_batch_size`` at a time, the last batch padded and masked.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from parrot_jax import metrics
+from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs
+from parrot_jax.splits import Fold
+
+PyTree = Any
+LoopForm = Literal["auto", "step", "scan", "unrolled"]
+LOOP_FORMS: tuple[str, ...] = ("auto", "step", "scan", "unrolled")
+FoldAxis = Literal["vmap", "loop"]
+Progress = Callable[[int, dict], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a cell is trained (the paper fixes Adam, lr 1e-3, batch 32, 50 epochs, early stopping).
+
+    epochs: most epochs per member (paper: 50).
+    batch_size: training batch (paper: 32); the last batch of an epoch is partial.
+    learning_rate: Adam's step size (paper: 1e-3).
+    patience: stop a member after this many epochs without a better validation score (the paper uses
+        early stopping without a patience; default 10). None: never stop early (best-validation params
+        are still restored).
+    monitor: the validation score: "loss" (mean cross-entropy, lower is better; default, as Keras'
+        EarlyStopping) or "accuracy" (higher is better). Only a strict improvement counts.
+    standardize: z-score each feature with its training rows' mean and std (default True; the paper
+        does not say).
+    seeds: model-initialisation / dropout / shuffling seeds, all trained in the same program; results
+        are reported per seed and as mean +- std over seeds (default (0,)).
+    eval_batch_size: rows per evaluation batch, in ascending row order (default 32, the training batch).
+    loop: what one jitted call spans. "step": a Python loop over a jitted vmapped step; "scan": one
+        jitted epoch, `lax.scan` over its steps; "unrolled": one jitted epoch, the steps unrolled.
+        "auto" (default) picks by backend from measurements (bench/train_folds.py): "step" on CPU, where
+        a scan of steps is pathologically slow (PERF_NOTES.md), "scan" on GPU/TPU.
+    fold_axis: "vmap" (default: every member in one program) or "loop" (members one after another,
+        each alone; the reference the vmapped program is tested and benchmarked against).
+    """
+
+    epochs: int = 50
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int | None = 10
+    monitor: Literal["loss", "accuracy"] = "loss"
+    standardize: bool = True
+    seeds: tuple[int, ...] = (0,)
+    eval_batch_size: int = 32
+    loop: LoopForm = "auto"
+    fold_axis: FoldAxis = "vmap"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.patience is not None and not (isinstance(self.patience, int) and self.patience >= 1):
+            raise ValueError(f"TrainConfig.patience must be None or an int >= 1, got {self.patience!r}")
+        if self.monitor not in ("loss", "accuracy"):
+            raise ValueError(f"TrainConfig.monitor must be 'loss' or 'accuracy', got {self.monitor!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"TrainConfig.seeds must be a non-empty tuple of distinct ints, got {self.seeds!r}")
+        if self.loop not in LOOP_FORMS:
+            raise ValueError(f"TrainConfig.loop must be one of {LOOP_FORMS}, got {self.loop!r}")
+        if self.fold_axis not in ("vmap", "loop"):
+            raise ValueError(f"TrainConfig.fold_axis must be 'vmap' or 'loop', got {self.fold_axis!r}")
+
+    def loop_form(self) -> str:
+        """The loop form to use on the default backend ("auto" resolved)."""
+        if self.loop != "auto":
+            return self.loop
+        return "step" if jax.default_backend() == "cpu" else "scan"
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """z = (x_i - mean[i]) / scale[i] for each input i; arrays [D_i], or [M, D_i] when stacked."""
+
+    mean: tuple[np.ndarray, ...]
+    scale: tuple[np.ndarray, ...]
+
+    def apply(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(((x - m) / s).astype(np.float32) for x, m, s in zip(features, self.mean, self.scale))
+
+
+@dataclass
+class RunResult:
+    """One member (seed, fold): its test metrics and predictions."""
+
+    seed: int
+    fold: int
+    accuracy: float
+    macro_f1: float
+    uar: float
+    confusion: np.ndarray  # int64 [C, C], rows true, columns predicted
+    test_indices: np.ndarray  # rows of the cell's feature arrays
+    predictions: np.ndarray  # int [n_test]
+    probabilities: np.ndarray  # float32 [n_test, C] (softmax of the logits; SVM: one-hot of predictions)
+    best_epoch: int | None  # 1-based epoch whose params were kept (None for the SVM)
+    epochs_run: int | None
+
+    def to_json(self) -> dict:
+        return {
+            "seed": self.seed,
+            "fold": self.fold,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "uar": self.uar,
+            "confusion": self.confusion.tolist(),
+            "test_indices": self.test_indices.tolist(),
+            "predictions": self.predictions.tolist(),
+            "probabilities": np.round(self.probabilities, 6).tolist(),
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+        }
+
+
+METRIC_NAMES = ("accuracy", "macro_f1", "uar")
+
+
+@dataclass
+class CellResult:
+    """All members of one cell. ``params`` / ``standardizer`` are stacked over members (seed-major)."""
+
+    kind: str
+    num_classes: int
+    seeds: tuple[int, ...]
+    runs: list[RunResult]
+    config: dict = field(default_factory=dict)
+    params: PyTree | None = None
+    standardizer: Standardizer | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """Per metric: ``mean`` (over seeds of the fold mean), ``std_folds`` (std over folds of the
+        per-fold values averaged over seeds) and ``std_seeds`` (std over seeds of the fold means);
+        population std (ddof 0)."""
+        out = {}
+        folds = sorted({r.fold for r in self.runs})
+        for name in METRIC_NAMES:
+            table = np.array([[getattr(self._run(s, f), name) for f in folds] for s in self.seeds])  # [S, F]
+            out[name] = {
+                "mean": float(table.mean()),
+                "std_folds": float(table.mean(axis=0).std()),
+                "std_seeds": float(table.mean(axis=1).std()),
+            }
+        return out
+
+    def member(self, seed: int, fold: int) -> tuple[PyTree, Standardizer | None]:
+        """The params and standardiser of one (seed, fold) member, unstacked, for `predict_logits`."""
+        if self.params is None:
+            raise ValueError(f"this {self.kind} cell holds no trained params")
+        m = self.seeds.index(seed) * len({r.fold for r in self.runs}) + fold
+        params = jax.tree_util.tree_map(lambda a: a[m], self.params)
+        if self.standardizer is None:
+            return params, None
+        return params, Standardizer(tuple(a[m] for a in self.standardizer.mean), tuple(a[m] for a in self.standardizer.scale))
+
+    def _run(self, seed: int, fold: int) -> RunResult:
+        return next(r for r in self.runs if r.seed == seed and r.fold == fold)
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "seeds": list(self.seeds),
+            "config": self.config,
+            "seconds": self.seconds,
+            "summary": self.summary(),
+            "runs": [r.to_json() for r in self.runs],
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# input checks and host-side batching
+
+
+def _check_inputs(kind: str, num_classes: int, features: Sequence[np.ndarray], labels: np.ndarray, folds: Sequence[Fold]) -> None:
+    """Validate the cell's data, raising a ValueError that names the bad value."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind: expected one of {MODEL_KINDS}, got {kind!r}")
+    if len(features) != num_inputs(kind):
+        raise ValueError(f"model kind {kind!r} takes {num_inputs(kind)} feature array(s), got {len(features)}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(f"labels: expected non-negative integer class ids [N], got {labels.dtype} {labels.shape}")
+    if labels.max() >= num_classes:
+        raise ValueError(f"labels: class id {int(labels.max())} found, but model_config.num_classes is {num_classes}")
+    for i, x in enumerate(features):
+        if x.ndim != 2 or x.shape[0] != len(labels):
+            raise ValueError(f"features[{i}]: expected shape [{len(labels)}, D], got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"features[{i}]: contains NaN or infinite values (rows {np.where(~np.isfinite(x).all(1))[0][:5].tolist()}...)")
+    if not folds:
+        raise ValueError("folds: expected at least one Fold")
+    for f, fold in enumerate(folds):
+        if len(fold.train) == 0 or len(fold.test) == 0:
+            raise ValueError(f"fold {f}: train and test must be non-empty (sizes {len(fold.train)}, {len(fold.test)})")
+        everything = np.concatenate([fold.train, fold.val, fold.test])
+        if len(np.unique(everything)) != len(everything):
+            raise ValueError(f"fold {f}: train, val and test overlap")
+        if everything.min() < 0 or everything.max() >= len(labels):
+            raise ValueError(f"fold {f}: row indices must lie in [0, {len(labels)})")
+
+
+def fit_standardizer(features: Sequence[np.ndarray], rows: np.ndarray) -> Standardizer:
+    """Mean and std (ddof 0) of each input's ``rows``; a constant column gets scale 1."""
+    means, scales = [], []
+    for x in features:
+        part = np.asarray(x[rows], np.float64)
+        sd = part.std(axis=0)
+        means.append(part.mean(axis=0).astype(np.float32))
+        scales.append(np.where(sd > 0, sd, 1.0).astype(np.float32))
+    return Standardizer(tuple(means), tuple(scales))
+
+
+def epoch_order(seed: int, fold: int, epoch: int, train: np.ndarray) -> np.ndarray:
+    """The order in which member (seed, fold) visits its training rows in ``epoch`` (0-based)."""
+    return np.random.default_rng([seed, fold, epoch]).permutation(train)
+
+
+def _pad_batches(order: np.ndarray | None, steps: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """[steps, batch] row indices and validity mask; ``order`` None gives an all-padding epoch."""
+    idx = np.zeros(steps * batch, np.int32)
+    mask = np.zeros(steps * batch, bool)
+    if order is not None:
+        idx[: len(order)] = order
+        mask[: len(order)] = True
+    return idx.reshape(steps, batch), mask.reshape(steps, batch)
+
+
+def _eval_batches(rows: Sequence[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """[M, n_batches, batch] indices/mask: each member's rows in ascending order, chunked and padded."""
+    n_batches = max(1, max(-(-len(r) // batch) for r in rows))
+    pairs = [_pad_batches(np.sort(r), n_batches, batch) for r in rows]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the compiled parts
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(kind: str, model_config: ModelConfig, learning_rate: float, form: str) -> "_Programs":
+    """Cached so that cells of the same model reuse compiled programs (jit caches per function object)."""
+    return _Programs(kind, model_config, learning_rate, form)
+
+
+class _Programs:
+    """The jitted, member-vmapped functions of one (kind, model config, learning rate, loop form)."""
+
+    def __init__(self, kind: str, model_config: ModelConfig, learning_rate: float, form: str):
+        self.module = build_model(kind, model_config)
+        self.tx = optax.adam(learning_rate)
+        self.form = form
+        step = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
+        self.step = jax.jit(step, donate_argnums=(0,))
+        self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
+        self.evaluate = jax.jit(jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0)))
+        self.init = jax.jit(jax.vmap(self._init, in_axes=(0, None)), static_argnums=(1,))
+        self.keep_best = jax.jit(jax.vmap(lambda better, new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(better, a, b), new, old)), donate_argnums=(2,))
+
+    def _init(self, key: jax.Array, dims: tuple[int, ...]) -> tuple[PyTree, PyTree]:
+        k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
+        dummy = tuple(jnp.zeros((2, d), jnp.float32) for d in dims)
+        params = self.module.init({"params": k_params, "dropout": k_dropout}, dummy, mask=None, train=False)["params"]
+        return params, self.tx.init(params)
+
+    def _inputs(self, xs, mean, scale, idx):
+        return tuple((x[idx] - m) / s for x, m, s in zip(xs, mean, scale))
+
+    def _step(self, state, xs, y, mean, scale, idx, mask, key):
+        """One Adam step of one member on rows ``idx`` (``mask`` False = padding); all padding: no-op."""
+        params, opt_state = state
+        inputs = self._inputs(xs, mean, scale, idx)
+        n_valid = jnp.sum(mask)
+
+        def loss_fn(p):
+            logits = self.module.apply({"params": p}, inputs, mask=mask, train=True, rngs={"dropout": key})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[idx])
+            return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(n_valid, 1)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, new_opt = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        active = n_valid > 0
+        keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
+        new_state = (jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(keep, new_opt, opt_state))
+        return new_state, loss * n_valid
+
+    def _epoch(self, state, xs, y, mean, scale, idx, mask, keys):
+        """All steps of one epoch in one program: idx/mask [M, steps, B], keys [M, steps]."""
+        vstep = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
+
+        def body(carry, inputs):
+            i, m, k = inputs
+            return vstep(carry, xs, y, mean, scale, i, m, k)
+
+        per_step = (jnp.swapaxes(idx, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.swapaxes(keys, 0, 1))
+        state, losses = jax.lax.scan(body, state, per_step, unroll=self.form == "unrolled")
+        return state, losses.sum(axis=0)
+
+    def _logits(self, params, xs, mean, scale, idx, mask):
+        """Logits [B, C] of one member's evaluation batch."""
+        return self.module.apply({"params": params}, self._inputs(xs, mean, scale, idx), mask=mask, train=False)
+
+
+def _step_keys(member_keys: jax.Array, epoch: int, steps: int) -> jax.Array:
+    """[M, steps] dropout keys: fold_in(fold_in(member key, 1 + epoch), step)."""
+    per_epoch = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(member_keys)
+    return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(steps)))(per_epoch)
+
+
+def _member_keys(members: Sequence[tuple[int, int]]) -> jax.Array:
+    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), f) for s, f in members])
+
+
+def _evaluate(programs: _Programs, params, xs, mean, scale, rows: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
+    """Each member's logits [len(rows[m]), C] on its rows (ascending order), in fixed eval batches."""
+    idx, mask = _eval_batches(rows, batch)
+    chunks = [np.asarray(programs.evaluate(params, xs, mean, scale, idx[:, b], mask[:, b])) for b in range(idx.shape[1])]
+    logits = np.concatenate(chunks, axis=1)  # [M, n_batches * batch, C]
+    return [logits[m, : len(r)] for m, r in enumerate(rows)]
+
+
+def _train_members(
+    programs: _Programs,
+    members: Sequence[tuple[int, int]],
+    folds: Sequence[Fold],
+    xs: tuple[jax.Array, ...],
+    y: jax.Array,
+    labels: np.ndarray,
+    stats: Standardizer,
+    config: TrainConfig,
+    progress: Progress | None,
+) -> tuple[PyTree, list[int], list[int]]:
+    """Train the given members together; return (best params stacked [M, ...], best epochs, epochs run)."""
+    M = len(members)
+    mean = tuple(jnp.asarray(np.stack([stats.mean[i][f] for _, f in members])) for i in range(len(xs)))
+    scale = tuple(jnp.asarray(np.stack([stats.scale[i][f] for _, f in members])) for i in range(len(xs)))
+    keys = _member_keys(members)
+    state = programs.init(keys, tuple(int(x.shape[1]) for x in xs))
+    best = jax.tree_util.tree_map(jnp.copy, state[0])
+    train_rows = [folds[f].train for _, f in members]
+    val_rows = [folds[f].val for _, f in members]
+    has_val = np.array([len(v) > 0 for v in val_rows])
+    steps = max(-(-len(r) // config.batch_size) for r in train_rows)
+    sign = 1.0 if config.monitor == "loss" else -1.0
+    best_score = np.full(M, np.inf)
+    best_epoch = np.zeros(M, int)
+    epochs_run = np.zeros(M, int)
+    waited = np.zeros(M, int)
+    active = np.ones(M, bool)
+
+    for epoch in range(config.epochs):
+        pairs = [
+            _pad_batches(epoch_order(s, f, epoch, folds[f].train) if active[m] else None, steps, config.batch_size)
+            for m, (s, f) in enumerate(members)
+        ]
+        idx, mask = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        step_keys = _step_keys(keys, epoch, steps)
+        if programs.form == "step":
+            loss_sum = jnp.zeros(M)
+            for t in range(steps):
+                state, loss = programs.step(state, xs, y, mean, scale, idx[:, t], mask[:, t], step_keys[:, t])
+                loss_sum = loss_sum + loss
+        else:
+            state, loss_sum = programs.epoch(state, xs, y, mean, scale, idx, mask, step_keys)
+        epochs_run += active
+
+        val_loss, val_acc = np.full(M, np.nan), np.full(M, np.nan)
+        if has_val.any():
+            logits = _evaluate(programs, state[0], xs, mean, scale, val_rows, config.eval_batch_size)
+            for m, (lg, rows) in enumerate(zip(logits, val_rows)):
+                if len(rows):
+                    logp = jax.nn.log_softmax(lg, axis=-1)
+                    val_loss[m] = -float(np.mean(np.take_along_axis(np.asarray(logp), labels[rows][:, None], 1)))
+                    val_acc[m] = float(np.mean(lg.argmax(-1) == labels[rows]))
+        score = sign * (val_loss if config.monitor == "loss" else val_acc)
+        # without validation rows a member keeps its latest params
+        better = active & (~has_val | (score < best_score))
+        best = programs.keep_best(jnp.asarray(better), state[0], best)
+        best_score = np.where(better, score, best_score)
+        best_epoch = np.where(better, epoch + 1, best_epoch)
+        waited = np.where(better, 0, waited + active)
+        if config.patience is not None:
+            active &= ~(has_val & (waited >= config.patience))
+        if progress is not None:
+            n_train = np.array([len(r) for r in train_rows])
+            progress(epoch + 1, {
+                "train_loss": np.asarray(loss_sum) / n_train,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "active": active.copy(),
+            })
+        if not active.any():
+            break
+    return best, best_epoch.tolist(), epochs_run.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
+# public entry points
+
+
+def train_cell(
+    kind: str,
+    model_config: ModelConfig,
+    features: Sequence[np.ndarray],
+    labels: np.ndarray,
+    folds: Sequence[Fold],
+    config: TrainConfig = TrainConfig(),
+    progress: Progress | None = None,
+) -> CellResult:
+    """Train ``kind`` on every (seed, fold) of the cell and evaluate each on its test rows.
+
+    features: 1 or 2 float arrays [N, D_i] (as the kind needs); labels: int class ids [N] in [0, C).
+    progress(epoch, metrics) is called after each epoch with per-member arrays ``train_loss``,
+    ``val_loss``, ``val_accuracy`` and ``active`` (seed-major member order).
+    """
+    start = time.perf_counter()
+    labels = np.asarray(labels)
+    num_classes = model_config.num_classes
+    _check_inputs(kind, num_classes, features, labels, folds)
+    features = [np.asarray(x, np.float32) for x in features]
+    per_fold = [fit_standardizer(features, fold.train) if config.standardize else None for fold in folds]
+    stats = Standardizer(
+        tuple(np.stack([s.mean[i] if s else np.zeros(x.shape[1], np.float32) for s in per_fold]) for i, x in enumerate(features)),
+        tuple(np.stack([s.scale[i] if s else np.ones(x.shape[1], np.float32) for s in per_fold]) for i, x in enumerate(features)),
+    )
+    programs = _programs(kind, model_config, config.learning_rate, config.loop_form())
+    xs = tuple(jnp.asarray(x) for x in features)
+    y = jnp.asarray(labels.astype(np.int32))
+    members = [(s, f) for s in config.seeds for f in range(len(folds))]
+    groups = [members] if config.fold_axis == "vmap" else [[m] for m in members]
+
+    params_parts, best_epochs, epochs_run = [], [], []
+    for group in groups:
+        p, b, e = _train_members(programs, group, folds, xs, y, labels, stats, config, progress)
+        params_parts.append(p)
+        best_epochs += b
+        epochs_run += e
+    params = params_parts[0] if len(params_parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *params_parts)
+
+    member_stats = Standardizer(
+        tuple(stats.mean[i][[f for _, f in members]] for i in range(len(features))),
+        tuple(stats.scale[i][[f for _, f in members]] for i in range(len(features))),
+    )
+    mean = tuple(jnp.asarray(a) for a in member_stats.mean)
+    scale = tuple(jnp.asarray(a) for a in member_stats.scale)
+    test_rows = [folds[f].test for _, f in members]
+    logits = _evaluate(programs, params, xs, mean, scale, test_rows, config.eval_batch_size)
+    runs = []
+    for m, (s, f) in enumerate(members):
+        probs = np.asarray(jax.nn.softmax(logits[m], axis=-1), np.float32)
+        runs.append(_run_result(s, f, labels[test_rows[m]], probs, test_rows[m], num_classes, best_epochs[m], epochs_run[m]))
+    return CellResult(
+        kind=kind,
+        num_classes=num_classes,
+        seeds=tuple(config.seeds),
+        runs=runs,
+        config={"train": asdict(config), "model": _config_dict(model_config)},
+        params=jax.device_get(params),
+        standardizer=member_stats if config.standardize else None,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _run_result(seed, fold, y_true, probs, rows, num_classes, best_epoch, epochs_run) -> RunResult:
+    pred = probs.argmax(axis=-1)
+    return RunResult(
+        seed=seed,
+        fold=fold,
+        accuracy=metrics.accuracy(y_true, pred),
+        macro_f1=metrics.macro_f1(y_true, pred),
+        uar=metrics.uar(y_true, pred),
+        confusion=metrics.confusion(y_true, pred, num_classes),
+        test_indices=np.asarray(rows),
+        predictions=pred,
+        probabilities=probs,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+    )
+
+
+def _config_dict(model_config: ModelConfig) -> dict:
+    try:
+        return asdict(model_config)
+    except TypeError:
+        return {"repr": repr(model_config)}
+
+
+def predict_logits(
+    kind: str,
+    model_config: ModelConfig,
+    params: PyTree,
+    features: Sequence[np.ndarray],
+    standardizer: Standardizer | None,
+    eval_batch_size: int = 32,
+) -> np.ndarray:
+    """Logits float32 [N, C] of new rows with one member's params (see `CellResult.member`).
+
+    Rows are evaluated in the given order, ``eval_batch_size`` at a time (the last batch padded and
+    masked), as the trainer evaluates test rows; standardised first when ``standardizer`` is given.
+    """
+    if len(features) != num_inputs(kind):
+        raise ValueError(f"model kind {kind!r} takes {num_inputs(kind)} feature array(s), got {len(features)}")
+    n = len(features[0])
+    for i, x in enumerate(features):
+        if x.ndim != 2 or len(x) != n:
+            raise ValueError(f"features[{i}]: expected shape [{n}, D], got {x.shape}")
+    if standardizer is not None:
+        features = standardizer.apply(features)
+    module = build_model(kind, model_config)
+    apply = jax.jit(lambda p, inputs, mask: module.apply({"params": p}, inputs, mask=mask, train=False))
+    idx, mask = _pad_batches(np.arange(n), -(-n // eval_batch_size), eval_batch_size)
+    xs = [np.asarray(x, np.float32) for x in features]
+    out = [np.asarray(apply(params, tuple(x[i] for x in xs), jnp.asarray(m))) for i, m in zip(idx, mask)]
+    return np.concatenate(out)[:n]
