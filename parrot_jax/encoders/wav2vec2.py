@@ -241,7 +241,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention; keys beyond a row's length are never attended to.
 
     softmax(q k^T / sqrt(d_head) + bias) v, with `bias` an optional additive [B, H, T, T] term (unused here).
-    Returns (output, bias passed on to the next layer).
+    Returns (output, bias passed on to the next layer). `has_relative_position_bias` (True in the first
+    layer) is part of the interface the layer stack calls: WavLM's attention, a subclass, uses it.
     """
 
     cfg: Wav2Vec2Config
