@@ -518,7 +518,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
             write_json_atomic(cells_dir / f"{cell.name}.json", record)
     records = {c.name: json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells}
     cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
-    row_order = [Cell("", 0, "", p).abbrev for p in _row_order(cells)]
+    row_order = list(dict.fromkeys(c.abbrev for c in cells))
     tables = report.write_tables(cell_records, config.run_dir, row_order)
     draw_figures(config, cells, records, echo)
     seconds = time.perf_counter() - t0
@@ -528,10 +528,6 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
         "seconds": seconds, "versions": versions(),
     })
     return GridOutcome(cells, status, records, tables, seconds)
-
-
-def _row_order(cells: Sequence[Cell]) -> list[tuple[str, ...]]:
-    return list(dict.fromkeys(c.encoders for c in cells))
 
 
 def figure_cells(config: GridConfig, cells: Sequence[Cell], records: dict[str, dict]) -> list[Cell]:
