@@ -1,0 +1,126 @@
+"""One PARROT cell, k folds x E epochs, timed three ways in one run: the vmapped JAX trainer, the same
+folds one after another in JAX, and a plain PyTorch implementation of the same model trained fold after
+fold. Random features of Emo-DB's size (535 x (3840, 768), 7 classes) and of CREMA-D's size (7442 rows,
+6 classes). Prints seconds, ratios, and achieved GFLOP/s against this machine's float32 matmul peak
+(measured in the same run).
+
+    .venv/bin/python bench/train_folds.py                           # the full benchmark
+    .venv/bin/python bench/train_folds.py --epochs 2 --folds 2 --datasets emodb   # quick iteration
+
+All three train the same number of steps: early stopping is off (patience None), every epoch runs, and
+each epoch ends with a validation pass, as in the trainer. torch is imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from parrot_jax.models import ModelConfig
+from parrot_jax.splits import Fold, make_folds
+from parrot_jax.training import TrainConfig, train_cell
+
+DATASETS = {"emodb": (535, 7), "cremad": (7442, 6)}
+DIMS = (3840, 768)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a jitted n x n x n matmul (best of ``repeats``)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _out_len(length: int, kernel: int, padding: str) -> int:
+    return length if padding.lower() == "same" else length - kernel + 1
+
+
+def train_flops_per_row(cfg: ModelConfig, dims=DIMS) -> float:
+    """Forward multiply-adds x 2 of one row through PARROT's convolutions and dense layers, x 3 for a
+    training step (forward + two backward products). The OT branch's B x B work is left out (small)."""
+    fwd = 0.0
+    for d in dims:
+        length, channels = d, 1
+        for f in cfg.filters:
+            length = _out_len(length, cfg.kernel_size, cfg.conv_padding)
+            fwd += 2 * length * cfg.kernel_size * channels * f
+            length, channels = length // cfg.pool_size, f
+        fwd += 2 * length * channels * cfg.latent_dim
+    fwd += 2 * 5 * cfg.latent_dim * cfg.hidden + 2 * cfg.hidden * cfg.num_classes
+    return 3 * fwd
+
+
+def _trim(folds: list[Fold], rows: int) -> list[Fold]:
+    return [Fold(f.train[:rows], f.val[:rows], f.test[:rows]) for f in folds]
+
+
+def run_jax(features, labels, folds, cfg, epochs, fold_axis, loop) -> tuple[float, float]:
+    """(seconds of a small warm-up run that compiles, seconds of the timed run)."""
+    config = TrainConfig(epochs=epochs, patience=None, fold_axis=fold_axis, loop=loop)
+    warm = _timed(lambda: train_cell("parrot", cfg, features, labels, _trim(folds, 64), TrainConfig(
+        epochs=1, patience=None, fold_axis=fold_axis, loop=loop)))
+    run = _timed(lambda: train_cell("parrot", cfg, features, labels, folds, config))
+    return warm, run
+
+
+def run_torch(features, labels, folds, cfg, epochs) -> float:
+    import torch_reference
+
+    return _timed(lambda: torch_reference.train_folds(features, labels, folds, cfg, epochs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="emodb,cremad")
+    ap.add_argument("--folds", type=int, default=5, help="train the first N of the 5 folds")
+    ap.add_argument("--epochs", type=int, default=50, help="epochs for Emo-DB size")
+    ap.add_argument("--cremad-epochs", type=int, default=2, help="epochs for CREMA-D size")
+    ap.add_argument("--ways", default="vmap,loop,torch")
+    ap.add_argument("--loop", default="auto", help="TrainConfig.loop for the JAX runs")
+    args = ap.parse_args()
+    ways = args.ways.split(",")
+
+    print(f"jax {jax.__version__} backend {jax.default_backend()} devices {jax.devices()}")
+    peak = matmul_peak()
+    print(f"float32 matmul peak (2048^3, jit): {peak:.0f} GFLOP/s")
+    cfg_kwargs = {}
+    for name in args.datasets.split(","):
+        n, classes = DATASETS[name]
+        epochs = args.epochs if name == "emodb" else args.cremad_epochs
+        rng = np.random.default_rng(0)
+        features = [rng.normal(size=(n, d)).astype(np.float32) for d in DIMS]
+        labels = rng.permutation(np.arange(n) % classes)
+        folds = make_folds(labels, k=5, seed=0)[: args.folds]
+        cfg = ModelConfig(num_classes=classes, **cfg_kwargs)
+        rows = sum(math.ceil(len(f.train) / 32) * 32 for f in folds) * epochs  # padded rows actually computed
+        flops = train_flops_per_row(cfg) * rows
+        print(f"\n== {name}: {n} rows x {DIMS}, {classes} classes, {len(folds)} folds x {epochs} epochs, "
+              f"train rows per fold {[len(f.train) for f in folds]}, ~{flops / 1e12:.2f} TFLOP of training")
+        times = {}
+        for way in ways:
+            if way == "torch":
+                times[way] = run_torch(features, labels, folds, cfg, epochs)
+                print(f"torch (fold after fold)     : {times[way]:8.1f} s")
+            else:
+                warm, times[way] = run_jax(features, labels, folds, cfg, epochs, "vmap" if way == "vmap" else "loop", args.loop)
+                print(f"jax {way:5s} (warm-up {warm:6.1f} s): {times[way]:8.1f} s")
+        for way, t in times.items():
+            print(f"  {way:6s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = {100 * flops / t / 1e9 / peak:5.1f}% of peak"
+                  + "".join(f"  x{times[o] / t:.2f} vs {o}" for o in times if o != way))
+
+
+if __name__ == "__main__":
+    main()
