@@ -82,9 +82,54 @@ def _hf_case(registry_name: str, config_class: str, model_class: str) -> Case:
     return Case(registry_name, setup)
 
 
+def _ssam_case(registry_name: str, scan: str) -> Case:
+    """Audio Mamba at its paper size, random weights saved in the official layout; the reference is the
+    PyTorch forward of tests/make_ssam_fixtures.py (official semantics, transformers' MambaMixer slow path).
+    Case name ``<registry name>-<scan>``: compare the two scans side by side by listing both cases."""
+
+    def setup(workdir: Path, batch_size: int) -> tuple[Embed, Embed, Embed | None]:
+        import sys
+
+        import torch
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import make_ssam_fixtures as ref
+
+        from parrot_jax.encoders import registry, ssam
+
+        dims = {"ssam-tiny": 192, "ssam-small": 384, "ssam-base": 768}
+        model = ref.RefSSAM(embed_dim=dims[registry_name], depth=12, d_state=24, d_conv=4, expand=3).eval()
+        ref.randomise_model(model, torch.Generator().manual_seed(0))
+        ref.save_official(model, workdir / registry_name / "checkpoints" / "checkpoint-99.pth", epoch=99)
+        ours = registry.build(registry_name, workdir / registry_name, scan=scan, chunk_batch=batch_size)
+
+        @torch.inference_mode()
+        def one_by_one(waves: Sequence[np.ndarray]) -> np.ndarray:
+            return np.stack([model.encode(ref.reference_log_mel(torch.from_numpy(w), torch.float32), True)
+                             .mean(1)[0].numpy() for w in waves])
+
+        @torch.inference_mode()
+        def batched(waves: Sequence[np.ndarray]) -> np.ndarray:
+            chunked = [ssam.chunk_spectrogram(ref.reference_log_mel(torch.from_numpy(w), torch.float32)[0, 0]
+                                              .numpy(), ssam.CHUNK_FRAMES) for w in waves]
+            chunks = torch.from_numpy(np.concatenate([c for c, _ in chunked]))[:, None]
+            frames = torch.cat([model.forward_features(chunks[i: i + batch_size], True)
+                                for i in range(0, len(chunks), batch_size)]).numpy()
+            pooled, start = [], 0
+            for c, pad in chunked:
+                pooled.append(ssam.pool_frames(frames[start: start + len(c)], pad, ssam.CHUNK_FRAMES))
+                start += len(c)
+            return np.stack(pooled)
+
+        return ours.embed_batch, one_by_one, batched
+
+    return Case(f"{registry_name}-{scan}", setup)
+
+
 CASES: list[Case] = [
     _hf_case("wavlm-base", "WavLMConfig", "WavLMModel"),
     _hf_case("hubert-base", "HubertConfig", "HubertModel"),
+    *(_ssam_case(name, scan) for name in ("ssam-tiny", "ssam-base") for scan in ("sequential", "associative")),
 ]
 
 

@@ -7,6 +7,7 @@ this file needs neither.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -283,5 +284,6 @@ def test_metadata_is_json_and_names_the_checkpoint(tiny) -> None:
     config, params = tiny
     path = ssam.newest_checkpoint(FIXTURES / "tiny")
     meta = ssam.SSAMEncoder("ssam-test", config, params, path).metadata()
-    assert json.loads(json.dumps(meta))["checkpoint_file"] == "checkpoint-10.pth"
-    assert len(meta["checkpoint_sha256"]) == 64 and meta["config"]["token_order"] == "official"
+    assert json.loads(json.dumps(meta))["checkpoint"] == "checkpoint-10.pth"
+    assert meta["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["dim"] == 160 and meta["options"]["token_order"] == "official"

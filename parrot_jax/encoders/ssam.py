@@ -62,6 +62,7 @@ F_MIN, F_MAX = 50.0, 8000.0
 LOG_EPS = float(np.finfo(np.float32).eps)  # torch.finfo().eps of the default dtype
 STD_EPS = 1e-8
 MIN_SAMPLES = N_FFT // 2 + 1  # centred reflect padding needs more samples than the pad (200)
+CHUNK_FRAMES = 200  # 2 s of frames: one forward of the encoder
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -132,7 +133,7 @@ class SSAMConfig:
     expand: int = 3
     dt_rank: int | None = None  # None: ceil(embed_dim / 16)
     norm_eps: float = 1e-6
-    chunk_frames: int = 200
+    chunk_frames: int = CHUNK_FRAMES
     n_mels: int = N_MELS
     patch_time: int = 4
     patch_freq: int = 16
@@ -197,21 +198,23 @@ def selective_scan(
 ) -> jax.Array:
     """Mamba's selective scan without the D skip: ``y_t = C_t . h_t``, ``[batch, L, d_inner]``.
 
-    ``h_t = exp(dt_t A) * h_{t-1} + dt_t u_t B_t`` with ``h`` of shape ``[d_inner, d_state]`` per sequence;
+    ``h_t = exp(dt_t A) * h_{t-1} + dt_t u_t B_t`` with ``h`` of shape ``[d_state, d_inner]`` per sequence
+    (d_inner innermost: the long axis vectorises, 1.7x faster on CPU than ``[d_inner, d_state]``);
     u, dt ``[batch, L, d_inner]``, A ``[d_inner, d_state]``, B, C ``[batch, L, d_state]``.
-    "associative" materialises all ``[batch, L, d_inner, d_state]`` terms and scans in parallel;
+    "associative" materialises all ``[batch, L, d_state, d_inner]`` terms and scans in parallel;
     "sequential" runs a ``lax.scan`` over time carrying only ``h``.
     """
+    A = A.T  # [d_state, d_inner]
     if method == "associative":
-        a = jnp.exp(dt[..., None] * A)
-        b = (dt * u)[..., None] * B[:, :, None, :]
+        a = jnp.exp(dt[:, :, None, :] * A)
+        b = (dt * u)[:, :, None, :] * B[..., None]
         h = selective_scan_associative(a, b)
-        return jnp.einsum("blds,bls->bld", h, C)
+        return (h * C[..., None]).sum(axis=2)
 
     def step(h: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
         u_t, dt_t, B_t, C_t = inputs
-        h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t[:, None, :]
-        return h, jnp.einsum("bds,bs->bd", h, C_t)
+        h = jnp.exp(dt_t[:, None, :] * A) * h + (dt_t * u_t)[:, None, :] * B_t[..., None]
+        return h, (h * C_t[..., None]).sum(axis=1)
 
     h0 = jnp.zeros((u.shape[0],) + A.shape, u.dtype)
     time_major = [jnp.swapaxes(v, 0, 1) for v in (u, dt, B, C)]
@@ -555,17 +558,22 @@ class SSAMEncoder:
 
     def metadata(self) -> dict[str, Any]:
         if self.checkpoint is not None and self._sha256 is None:
-            self._sha256 = hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
+            digest = hashlib.sha256()
+            with open(self.checkpoint, "rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+            self._sha256 = digest.hexdigest()
         return {
-            "encoder": self.name,
-            "family": "Audio Mamba (SSAM), official checkpoint layout",
-            "checkpoint_file": None if self.checkpoint is None else self.checkpoint.name,
+            "name": self.name,
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
             "checkpoint_sha256": self._sha256,
-            "config": dataclasses.asdict(self.config) | {"scan_resolved": resolve_scan(self.config.scan)},
+            "dim": self.dim,
+            "pooling": "mean over time of the per-frame embeddings of 2 s chunks, padded tail trimmed",
+            "config": dataclasses.asdict(self.config),
+            "options": {"token_order": self.config.token_order, "scan": resolve_scan(self.config.scan),
+                        "chunk_batch": self.chunk_batch},
             "front_end": {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS,
                           "f_min": F_MIN, "f_max": F_MAX, "log_eps": LOG_EPS, "normalise": "per utterance"},
-            "pooling": "mean over time of per-frame embeddings of 2 s chunks, padded tail trimmed",
-            "dtype": "float32",
         }
 
 
