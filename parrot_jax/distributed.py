@@ -189,13 +189,17 @@ def _place(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def shard_leading(tree: PyTree, mesh: Mesh) -> PyTree:
     """`tree`'s leaves split along their leading (lane) axis over `mesh`, padded to
-    `padded_length(n, mesh)` lanes (see the module docstring). Typed PRNG key arrays stay keys."""
+    `padded_length(n, mesh)` lanes (see the module docstring). Typed PRNG key arrays stay keys; JAX
+    arrays that already have that many lanes (a jitted program's output, also one spanning hosts)
+    are resharded on device, with no trip through the host."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     length = padded_length(lanes(tree), mesh)
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     out = []
     for leaf in leaves:
-        if _is_key(leaf):
+        if isinstance(leaf, jax.Array) and leaf.shape[0] == length:  # already padded: move on device
+            out.append(jax.device_put(leaf, sharding))
+        elif _is_key(leaf):
             data = _place(pad_leading(np.asarray(jax.random.key_data(leaf)), length), sharding)
             out.append(jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf)))
         else:

@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from parrot_jax import distributed as dist
 from parrot_jax import metrics
 from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs
 from parrot_jax.splits import Fold
@@ -352,7 +354,7 @@ def _member_keys(members: Sequence[tuple[int, int]]) -> jax.Array:
 def _evaluate(programs: _Programs, params, xs, mean, scale, rows: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
     """Each member's logits [len(rows[m]), C] on its rows (ascending order), in fixed eval batches."""
     idx, mask = _eval_batches(rows, batch)
-    chunks = [np.asarray(programs.evaluate(params, xs, mean, scale, idx[:, b], mask[:, b])) for b in range(idx.shape[1])]
+    chunks = [dist.gather(programs.evaluate(params, xs, mean, scale, idx[:, b], mask[:, b])) for b in range(idx.shape[1])]
     logits = np.concatenate(chunks, axis=1)  # [M, n_batches * batch, C]
     return [logits[m, : len(r)] for m, r in enumerate(rows)]
 
@@ -367,13 +369,22 @@ def _train_members(
     stats: Standardizer,
     config: TrainConfig,
     progress: Progress | None,
+    mesh: Mesh | None = None,
 ) -> tuple[PyTree, list[int], list[int]]:
-    """Train the given members together; return (best params stacked [M, ...], best epochs, epochs run)."""
+    """Train the given members together; return (best params stacked [M, ...], best epochs, epochs run).
+
+    With a `mesh`, the member axis is sharded over its devices, padded to a multiple of the device
+    count with copies of the last member (parrot_jax.distributed), and the copies dropped at the end.
+    """
+    n_real = len(members)
+    place = (lambda tree: dist.shard_leading(tree, mesh)) if mesh is not None else (lambda tree: tree)  # noqa: E731
+    if mesh is not None:
+        members = list(members) + [members[-1]] * (dist.padded_length(n_real, mesh) - n_real)
     M = len(members)
-    mean = tuple(jnp.asarray(np.stack([stats.mean[i][f] for _, f in members])) for i in range(len(xs)))
-    scale = tuple(jnp.asarray(np.stack([stats.scale[i][f] for _, f in members])) for i in range(len(xs)))
-    keys = _member_keys(members)
-    state = programs.init(keys, tuple(int(x.shape[1]) for x in xs))
+    mean = place(tuple(jnp.asarray(np.stack([stats.mean[i][f] for _, f in members])) for i in range(len(xs))))
+    scale = place(tuple(jnp.asarray(np.stack([stats.scale[i][f] for _, f in members])) for i in range(len(xs))))
+    keys = place(_member_keys(members))
+    state = place(programs.init(keys, tuple(int(x.shape[1]) for x in xs)))
     best = jax.tree_util.tree_map(jnp.copy, state[0])
     train_rows = [folds[f].train for _, f in members]
     val_rows = [folds[f].val for _, f in members]
@@ -391,7 +402,7 @@ def _train_members(
             _pad_batches(epoch_order(s, f, epoch, folds[f].train) if active[m] else None, steps, config.batch_size)
             for m, (s, f) in enumerate(members)
         ]
-        idx, mask = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        idx, mask = place((np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
         step_keys = _step_keys(keys, epoch, steps)
         if programs.form == "step":
             loss_sum = jnp.zeros(M)
@@ -422,14 +433,16 @@ def _train_members(
         if progress is not None:
             n_train = np.array([len(r) for r in train_rows])
             progress(epoch + 1, {
-                "train_loss": np.asarray(loss_sum) / n_train,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "active": active.copy(),
+                "train_loss": (dist.gather(loss_sum) / n_train)[:n_real],
+                "val_loss": val_loss[:n_real],
+                "val_accuracy": val_acc[:n_real],
+                "active": active[:n_real].copy(),
             })
         if not active.any():
             break
-    return best, best_epoch.tolist(), epochs_run.tolist()
+    if mesh is not None:
+        best = dist.gather(best, n_real)
+    return best, best_epoch[:n_real].tolist(), epochs_run[:n_real].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -444,12 +457,16 @@ def train_cell(
     folds: Sequence[Fold],
     config: TrainConfig = TrainConfig(),
     progress: Progress | None = None,
+    mesh: Mesh | None = None,
 ) -> CellResult:
     """Train ``kind`` on every (seed, fold) of the cell and evaluate each on its test rows.
 
     features: 1 or 2 float arrays [N, D_i] (as the kind needs); labels: int class ids [N] in [0, C).
     progress(epoch, metrics) is called after each epoch with per-member arrays ``train_loss``,
     ``val_loss``, ``val_accuracy`` and ``active`` (seed-major member order).
+    mesh: the devices the members (folds x seeds) are sharded over (default `distributed.make_mesh()`:
+    all devices, or those `$PARROT_DEVICES` names); with one device and one process nothing is placed.
+    Results do not depend on it (tests/test_distributed.py).
     """
     start = time.perf_counter()
     labels = np.asarray(labels)
@@ -464,12 +481,16 @@ def train_cell(
     programs = _programs(kind, model_config, config.learning_rate, config.loop_form())
     xs = tuple(jnp.asarray(x) for x in features)
     y = jnp.asarray(labels.astype(np.int32))
+    mesh = mesh if mesh is not None else dist.make_mesh()
+    sharded = config.fold_axis == "vmap" and (mesh.devices.size > 1 or jax.process_count() > 1)
+    if sharded:  # every device holds the whole data
+        xs, y = dist.replicate((tuple(features), labels.astype(np.int32)), mesh)
     members = [(s, f) for s in config.seeds for f in range(len(folds))]
     groups = [members] if config.fold_axis == "vmap" else [[m] for m in members]
 
     params_parts, best_epochs, epochs_run = [], [], []
     for group in groups:
-        p, b, e = _train_members(programs, group, folds, xs, y, labels, stats, config, progress)
+        p, b, e = _train_members(programs, group, folds, xs, y, labels, stats, config, progress, mesh if sharded else None)
         params_parts.append(p)
         best_epochs += b
         epochs_run += e
