@@ -116,23 +116,23 @@ def table2(args: argparse.Namespace) -> None:
           f"seeds {config.seeds}; loop {config.loop_form()}", flush=True)
     out = Path(args.out).open("w") if args.out else None
     start, done = time.perf_counter(), 0
-    for a, b in pairs:
-        for kind in TABLE2_METHODS:
-            if args.budget and time.perf_counter() - start > args.budget:
-                break
-            clock = EpochClock()
-            result = train_cell(kind, model, [features[a], features[b]], labels, folds, config, clock)
-            seconds = time.perf_counter() - clock.start
-            runs = [r.epochs_run for r in result.runs]
-            record = {"pair": f"{a}+{b}", "dims": [dims[a], dims[b]], "kind": kind, "seconds": round(seconds, 2),
-                      "epochs_run": runs, "first_epoch_s": round(clock.ends[0] - clock.start, 2),
-                      "steady_epoch_s": round(clock.steady_epoch(), 4),
-                      "accuracy": round(result.summary()["accuracy"]["mean"], 4)}
-            print(json.dumps(record), flush=True)
-            if out:
-                out.write(json.dumps(record) + "\n")
-                out.flush()
-            done += 1
+    cells = [(a, b, kind) for a, b in pairs for kind in TABLE2_METHODS]
+    for a, b, kind in cells[args.skip_cells:]:
+        if args.budget and time.perf_counter() - start > args.budget:
+            break
+        clock = EpochClock()
+        result = train_cell(kind, model, [features[a], features[b]], labels, folds, config, clock)
+        seconds = time.perf_counter() - clock.start
+        runs = [r.epochs_run for r in result.runs]
+        record = {"pair": f"{a}+{b}", "dims": [dims[a], dims[b]], "kind": kind, "seconds": round(seconds, 2),
+                  "epochs_run": runs, "first_epoch_s": round(clock.ends[0] - clock.start, 2),
+                  "steady_epoch_s": round(clock.steady_epoch(), 4),
+                  "accuracy": round(result.summary()["accuracy"]["mean"], 4)}
+        print(json.dumps(record), flush=True)
+        if out:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+        done += 1
     total = time.perf_counter() - start
     print(f"Table 2: {done} of {2 * len(pairs)} cells in {total:.1f} s wall", flush=True)
 
@@ -150,6 +150,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="compare: epochs (no early stopping)")
     p.add_argument("--budget", type=float, default=0.0, help="table2: start no cell after this many seconds")
     p.add_argument("--cache", default=None, help="table2: persistent compilation cache folder")
+    p.add_argument("--skip-cells", type=int, default=0, help="table2: skip the first N cells (resume a run)")
     p.add_argument("--out", default=None, help="table2: also write one JSON line per cell here")
     args = p.parse_args()
     if args.table2:

@@ -132,11 +132,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # issue 6
     p.set_defaults(run=run)
 
 
-def _not_built(command: str) -> int:
-    print(f"parrot {command}: not built yet", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "

@@ -38,7 +38,7 @@ def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int =
         generate_demo_corpus(corpus, seed=seed)
     print(extract("demo", corpus, list(ENCODERS), out / "features").text() + "\n")
 
-    overrides = [f"features={out / 'features'}", f"results={out / 'results'}"]
+    overrides = [f"features={out / 'features'}", f"results={out.parent}", f"run={out.name}"]
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
     config, provenance = load_config(DEMO_CONFIG, overrides)
     outcome = run_grid(config, provenance)

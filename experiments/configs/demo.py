@@ -7,7 +7,7 @@ def get_config() -> GridConfig:
     return GridConfig(
         run="demo",
         features="results/demo/features",
-        results="results/demo/results",
+        results="results",
         corpora=("demo",),
         encoders=("mfcc-stats", "logmel-stats"),
         protocol="stratified",
