@@ -195,10 +195,10 @@ def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str
             lines.append(_md_line([label] + [format_cell(x) for x in cells]))
     else:
         raise ValueError(f"table must be 1 or 2, got {table!r}")
-    legend = (
-        f"Table {table}: scores in %, ours as mean ± sample std over folds and seeds; "
-        "in brackets the paper's number and ours minus the paper's (percentage points)."
-    )
+    legend = f"Table {table}: scores in %, ours as mean ± sample std over folds and seeds"
+    if any(r.paper is not None for r in rows):
+        legend += "; in brackets the paper's number and ours minus the paper's (percentage points)"
+    legend += "."
     return "\n".join(lines) + "\n\n" + legend + "\n"
 
 

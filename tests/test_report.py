@@ -87,6 +87,15 @@ def test_table1_markdown_groups_rows_by_downstream():
     ]
 
 
+def test_legend_mentions_paper_numbers_only_where_there_are_some():
+    with_paper = markdown_table(table_rows(_cells(), 2, read_paper_tables()), 2).splitlines()[-1]
+    without = [r for r in table_rows(_cells(), 2, read_paper_tables()) if r.paper is None]
+    assert "in brackets the paper's number" in with_paper
+    assert markdown_table(without, 2).splitlines()[-1] == (
+        "Table 2: scores in %, ours as mean ± sample std over folds and seeds."
+    )
+
+
 def test_write_tables_csv_and_png(tmp_path):
     written = write_tables(_cells(), tmp_path, row_order=["W", "A(B)+H"])
     assert set(written) == {1, 2}
