@@ -15,6 +15,7 @@ import pytest
 from parrot_jax.encoders import checkpoints as ck
 from parrot_jax.encoders import registry
 from parrot_jax.encoders import wav2vec2 as w2v
+from parrot_jax.encoders import wavlm
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 TOL = 1e-4
@@ -174,6 +175,7 @@ REAL_SIZES = {  # the checkpoints the paper uses, by their published configs (ar
     "unispeech-sat-base": ("UniSpeechSat", {}),
     "mms-1b": ("Wav2Vec2", dict(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120,
                                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)),
+    "wavlm-base": ("WavLM", {}),
 }
 
 
@@ -190,7 +192,8 @@ def test_real_size_checkpoint_layout(name):
         model = getattr(transformers, f"{prefix}Model")(config)
     state = {k: np.broadcast_to(np.float32(1), tuple(v.shape)) for k, v in model.state_dict().items()}
     cfg = w2v.Wav2Vec2Config.from_hf(config)
-    template = jax.eval_shape(w2v.Wav2Vec2Model(cfg).init, jax.random.key(0), jnp.zeros((1, 400)), jnp.array([400]))
+    module = wavlm.wavlm_model(cfg) if prefix == "WavLM" else w2v.Wav2Vec2Model(cfg)
+    template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 400)), jnp.array([400]))
     params = ck.load_params(template["params"], w2v.prepare_state(state), w2v.rename, source=name)
     n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
     # transformers counts two more tensors: masked_spec_embed (training only) and the weight norm's g,
@@ -245,7 +248,7 @@ def test_compiled_programs_go_to_the_persistent_cache(tmp_path):
     script = (
         "import numpy as np, sys\n"
         "from parrot_jax.encoders import wav2vec2 as w2v\n"
-        f"enc = w2v.build('t', sys.argv[1], compilation_cache=sys.argv[2])\n"
+        "enc = w2v.build('t', sys.argv[1], compilation_cache=sys.argv[2])\n"
         "print(enc.embed_batch([np.ones(3000, np.float32)])[0, :3].tolist())\n"
     )
     env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
