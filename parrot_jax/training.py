@@ -1,8 +1,9 @@
-"""The k-fold trainer: all folds (x seeds) of one cell trained by one compiled program.
+"""The k-fold trainer: all folds (x seeds) of a cell trained by one compiled program.
 
 A *member* is one (seed, fold) pair; the M = len(seeds) * len(folds) members are stacked along a
 leading axis (seed-major: member m = s * F + f) and one `jax.vmap`-ed, `jax.jit`-ed train step updates
-all of them at once. Per member and epoch:
+all of them at once. `train_cells` packs several cells of equal shapes into the same axis (members
+(cell, seed, fold)); `train_cell` is its one-cell case. Per member and epoch:
 
 - the training rows are shuffled (numpy, seeded by (seed, fold, epoch)) and cut into batches of
   ``batch_size``, the last one partial. Members are padded to the longest epoch: a padded row has
@@ -347,8 +348,9 @@ def _step_keys(member_keys: jax.Array, epoch: int, steps: int) -> jax.Array:
     return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(steps)))(per_epoch)
 
 
-def _member_keys(members: Sequence[tuple[int, int]]) -> jax.Array:
-    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), f) for s, f in members])
+def _member_keys(members: Sequence[tuple[int, int, int]]) -> jax.Array:
+    """One key per (cell, seed, fold) member: fold_in(PRNGKey(seed), fold), the same in every cell."""
+    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), f) for _, s, f in members])
 
 
 def _evaluate(programs: _Programs, params, xs, mean, scale, rows: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
@@ -361,8 +363,9 @@ def _evaluate(programs: _Programs, params, xs, mean, scale, rows: Sequence[np.nd
 
 def _train_members(
     programs: _Programs,
-    members: Sequence[tuple[int, int]],
+    members: Sequence[tuple[int, int, int]],
     folds: Sequence[Fold],
+    n_rows: int,
     xs: tuple[jax.Array, ...],
     y: jax.Array,
     labels: np.ndarray,
@@ -371,7 +374,9 @@ def _train_members(
     progress: Progress | None,
     mesh: Mesh | None = None,
 ) -> tuple[PyTree, list[int], list[int]]:
-    """Train the given members together; return (best params stacked [M, ...], best epochs, epochs run).
+    """Train the (cell, seed, fold) members together; return (best params stacked [M, ...], best
+    epochs, epochs run). Member (c, s, f) reads rows c * n_rows + r of ``xs`` / ``labels`` (the
+    cells' rows concatenated, see `train_cells`) and standardises with ``stats`` [c, f].
 
     With a `mesh`, the member axis is sharded over its devices, padded to a multiple of the device
     count with copies of the last member (parrot_jax.distributed), and the copies dropped at the end.
@@ -381,13 +386,14 @@ def _train_members(
     if mesh is not None:
         members = list(members) + [members[-1]] * (dist.padded_length(n_real, mesh) - n_real)
     M = len(members)
-    mean = place(tuple(jnp.asarray(np.stack([stats.mean[i][f] for _, f in members])) for i in range(len(xs))))
-    scale = place(tuple(jnp.asarray(np.stack([stats.scale[i][f] for _, f in members])) for i in range(len(xs))))
+    mean = place(tuple(jnp.asarray(np.stack([stats.mean[i][c, f] for c, _, f in members])) for i in range(len(xs))))
+    scale = place(tuple(jnp.asarray(np.stack([stats.scale[i][c, f] for c, _, f in members])) for i in range(len(xs))))
     keys = place(_member_keys(members))
     state = place(programs.init(keys, tuple(int(x.shape[1]) for x in xs)))
     best = jax.tree_util.tree_map(jnp.copy, state[0])
-    train_rows = [folds[f].train for _, f in members]
-    val_rows = [folds[f].val for _, f in members]
+    offsets = [c * n_rows for c, _, _ in members]
+    train_rows = [folds[f].train for _, _, f in members]
+    val_rows = [folds[f].val + o for (_, _, f), o in zip(members, offsets)]
     has_val = np.array([len(v) > 0 for v in val_rows])
     steps = max(-(-len(r) // config.batch_size) for r in train_rows)
     sign = 1.0 if config.monitor == "loss" else -1.0
@@ -399,8 +405,8 @@ def _train_members(
 
     for epoch in range(config.epochs):
         pairs = [
-            _pad_batches(epoch_order(s, f, epoch, folds[f].train) if active[m] else None, steps, config.batch_size)
-            for m, (s, f) in enumerate(members)
+            _pad_batches(epoch_order(s, f, epoch, folds[f].train) + o if active[m] else None, steps, config.batch_size)
+            for m, ((_, s, f), o) in enumerate(zip(members, offsets))
         ]
         idx, mask = place((np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
         step_keys = _step_keys(keys, epoch, steps)
@@ -467,57 +473,118 @@ def train_cell(
     mesh: the devices the members (folds x seeds) are sharded over (default `distributed.make_mesh()`:
     all devices, or those `$PARROT_DEVICES` names); with one device and one process nothing is placed.
     Results do not depend on it (tests/test_distributed.py).
+    This is `train_cells` with one cell.
+    """
+    return train_cells(kind, model_config, [features], labels, folds, config, progress, mesh)[0]
+
+
+def train_cells(
+    kind: str,
+    model_config: ModelConfig,
+    cells: Sequence[Sequence[np.ndarray]],
+    labels: np.ndarray,
+    folds: Sequence[Fold],
+    config: TrainConfig = TrainConfig(),
+    progress: Progress | None = None,
+    mesh: Mesh | None = None,
+) -> list[CellResult]:
+    """Train K cells of one kind and model config in ONE program; one `CellResult` per cell.
+
+    cells: each cell's feature arrays (as `train_cell`'s ``features``), every cell with the same
+    shapes; labels and folds are shared (one corpus), e.g. Table 2's (A(B), W) and (A(B), H).
+    Members are (cell, seed, fold), cell-major: m = (c * S + s) * F + f; ``progress`` gets arrays
+    over all of them. Each member reads its own cell's rows and standardises with its own fold's
+    statistics of its own cell; its RNG key depends on (seed, fold) only, as when its cell trains alone.
+
+    Layout: the cells' rows are concatenated into one [K * N, D_i] array per input, and member
+    (c, s, f) indexes rows c * N + r. Chosen over a stacked cell axis [K, N, D_i] because the compiled
+    step stays what it is for one cell (one row gather x[idx]; a cell index per member would add a
+    second, batched index into the program), and one cell is simply offset 0.
+
+    Results equal each cell trained alone (tests/test_training.py): identical predictions, params
+    within float32 rounding. ``seconds`` of each result is the wall time of the whole packed run.
     """
     start = time.perf_counter()
     labels = np.asarray(labels)
     num_classes = model_config.num_classes
-    _check_inputs(kind, num_classes, features, labels, folds)
-    features = [np.asarray(x, np.float32) for x in features]
-    per_fold = [fit_standardizer(features, fold.train) if config.standardize else None for fold in folds]
-    stats = Standardizer(
-        tuple(np.stack([s.mean[i] if s else np.zeros(x.shape[1], np.float32) for s in per_fold]) for i, x in enumerate(features)),
-        tuple(np.stack([s.scale[i] if s else np.ones(x.shape[1], np.float32) for s in per_fold]) for i, x in enumerate(features)),
+    if not cells:
+        raise ValueError("cells: expected at least one cell's features")
+    for c, features in enumerate(cells):
+        try:
+            _check_inputs(kind, num_classes, features, labels, folds)
+        except ValueError as error:
+            raise ValueError(f"cell {c}: {error}") from None
+    shapes = [tuple(np.shape(x) for x in features) for features in cells]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"cells: every packed cell needs the same feature shapes; got {shapes}")
+    cells = [[np.asarray(x, np.float32) for x in features] for features in cells]
+    n_inputs, n_rows, K = len(cells[0]), len(labels), len(cells)
+
+    def fold_stats(features: list[np.ndarray]) -> Standardizer:  # [F, D_i] per input
+        fitted = [fit_standardizer(features, fold.train) if config.standardize else None for fold in folds]
+        return Standardizer(
+            tuple(np.stack([s.mean[i] if s else np.zeros(x.shape[1], np.float32) for s in fitted]) for i, x in enumerate(features)),
+            tuple(np.stack([s.scale[i] if s else np.ones(x.shape[1], np.float32) for s in fitted]) for i, x in enumerate(features)),
+        )
+
+    per_cell = [fold_stats(features) for features in cells]
+    stats = Standardizer(  # [K, F, D_i] per input
+        tuple(np.stack([p.mean[i] for p in per_cell]) for i in range(n_inputs)),
+        tuple(np.stack([p.scale[i] for p in per_cell]) for i in range(n_inputs)),
     )
     programs = _programs(kind, model_config, config.learning_rate, config.loop_form())
-    xs = tuple(jnp.asarray(x) for x in features)
-    y = jnp.asarray(labels.astype(np.int32))
+    rows = tuple(np.concatenate([features[i] for features in cells]) if K > 1 else cells[0][i] for i in range(n_inputs))
+    all_labels = np.tile(labels.astype(np.int32), K)
     mesh = mesh if mesh is not None else dist.make_mesh()
     sharded = config.fold_axis == "vmap" and (mesh.devices.size > 1 or jax.process_count() > 1)
     if sharded:  # every device holds the whole data
-        xs, y = dist.replicate((tuple(features), labels.astype(np.int32)), mesh)
-    members = [(s, f) for s in config.seeds for f in range(len(folds))]
+        xs, y = dist.replicate((rows, all_labels), mesh)
+    else:
+        xs, y = tuple(jnp.asarray(x) for x in rows), jnp.asarray(all_labels)
+    members = [(c, s, f) for c in range(K) for s in config.seeds for f in range(len(folds))]
     groups = [members] if config.fold_axis == "vmap" else [[m] for m in members]
 
     params_parts, best_epochs, epochs_run = [], [], []
     for group in groups:
-        p, b, e = _train_members(programs, group, folds, xs, y, labels, stats, config, progress, mesh if sharded else None)
+        p, b, e = _train_members(programs, group, folds, n_rows, xs, y, all_labels, stats, config, progress,
+                                 mesh if sharded else None)
         params_parts.append(p)
         best_epochs += b
         epochs_run += e
     params = params_parts[0] if len(params_parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *params_parts)
 
     member_stats = Standardizer(
-        tuple(stats.mean[i][[f for _, f in members]] for i in range(len(features))),
-        tuple(stats.scale[i][[f for _, f in members]] for i in range(len(features))),
+        tuple(stats.mean[i][[c for c, _, _ in members], [f for _, _, f in members]] for i in range(n_inputs)),
+        tuple(stats.scale[i][[c for c, _, _ in members], [f for _, _, f in members]] for i in range(n_inputs)),
     )
     mean = tuple(jnp.asarray(a) for a in member_stats.mean)
     scale = tuple(jnp.asarray(a) for a in member_stats.scale)
-    test_rows = [folds[f].test for _, f in members]
+    test_rows = [folds[f].test + c * n_rows for c, _, f in members]
     logits = _evaluate(programs, params, xs, mean, scale, test_rows, config.eval_batch_size)
-    runs = []
-    for m, (s, f) in enumerate(members):
-        probs = np.asarray(jax.nn.softmax(logits[m], axis=-1), np.float32)
-        runs.append(_run_result(s, f, labels[test_rows[m]], probs, test_rows[m], num_classes, best_epochs[m], epochs_run[m]))
-    return CellResult(
-        kind=kind,
-        num_classes=num_classes,
-        seeds=tuple(config.seeds),
-        runs=runs,
-        config={"train": asdict(config), "model": _config_dict(model_config)},
-        params=jax.device_get(params),
-        standardizer=member_stats if config.standardize else None,
-        seconds=time.perf_counter() - start,
-    )
+    params = jax.device_get(params)
+    seconds = time.perf_counter() - start
+    per = len(members) // K
+    results = []
+    for c in range(K):
+        part = slice(c * per, (c + 1) * per)
+        runs = []
+        for m in range(part.start, part.stop):
+            _, s, f = members[m]
+            probs = np.asarray(jax.nn.softmax(logits[m], axis=-1), np.float32)
+            test = folds[f].test
+            runs.append(_run_result(s, f, labels[test], probs, test, num_classes, best_epochs[m], epochs_run[m]))
+        results.append(CellResult(
+            kind=kind,
+            num_classes=num_classes,
+            seeds=tuple(config.seeds),
+            runs=runs,
+            config={"train": asdict(config), "model": _config_dict(model_config)},
+            params=jax.tree_util.tree_map(lambda a: a[part], params),
+            standardizer=Standardizer(tuple(a[part] for a in member_stats.mean),
+                                      tuple(a[part] for a in member_stats.scale)) if config.standardize else None,
+            seconds=seconds,
+        ))
+    return results
 
 
 def _run_result(seed, fold, y_true, probs, rows, num_classes, best_epoch, epochs_run) -> RunResult:

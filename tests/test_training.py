@@ -26,6 +26,7 @@ from parrot_jax.training import (
     fit_standardizer,
     predict_logits,
     train_cell,
+    train_cells,
 )
 
 DIMS = (16, 12)
@@ -88,6 +89,42 @@ def test_vmapped_equals_each_fold_alone():
     p = together.params
     assert _max_diff(jax.tree_util.tree_map(lambda a: a[0], p), jax.tree_util.tree_map(lambda a: a[1], p)) > 1e-3
     assert _max_diff(jax.tree_util.tree_map(lambda a: a[0], p), jax.tree_util.tree_map(lambda a: a[3], p)) > 1e-3
+
+
+@pytest.mark.slow
+def test_packed_cells_equal_each_cell_alone():
+    """Two cells of equal shapes (other features, the same labels and folds) trained as one program
+    (12 members: cell x seed x fold) equal each cell trained alone: identical predictions, best epochs
+    and epochs run, params within 2e-5; each member standardised with its own cell's training rows."""
+    feats, labels = _problem()
+    rng = np.random.default_rng(7)
+    other = [(x[:, ::-1] * 0.5 + rng.normal(size=x.shape) - 2.0).astype(np.float32) for x in feats]
+    folds = _unequal_folds(len(labels))
+    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop="step")  # as test_vmapped_equals_each_fold_alone
+    packed = train_cells("parrot", _config(), [feats, other], labels, folds, config)
+    assert len(packed) == 2
+    for cell_feats, together in zip([feats, other], packed):
+        alone = train_cell("parrot", _config(), cell_feats, labels, folds, config)
+        assert _max_diff(together.params, alone.params) < 2e-5
+        for a, b in zip(together.runs, alone.runs):
+            assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+            assert np.array_equal(a.predictions, b.predictions) and np.array_equal(a.test_indices, b.test_indices)
+            assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+        _, stats = together.member(1, 2)
+        assert np.allclose(stats.mean[0], cell_feats[0][folds[2].train].mean(0), rtol=1e-5, atol=1e-5)
+    # the cells really trained on their own features
+    assert _max_diff(packed[0].params, packed[1].params) > 1e-3
+
+
+def test_packed_cells_must_match():
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=3)
+    with pytest.raises(ValueError, match=r"every packed cell needs the same feature shapes; got \[\(\(60, 16\),\), \(\(60, 12\),\)\]"):
+        train_cells("fcn", _config(), [feats[:1], feats[1:]], labels, folds, TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"cell 1: features\[0\]: expected shape \[60, D\], got \(59, 16\)"):
+        train_cells("fcn", _config(), [feats[:1], [feats[0][1:]]], labels, folds, TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="cells: expected at least one"):
+        train_cells("fcn", _config(), [], labels, folds, TrainConfig(epochs=1))
 
 
 @pytest.mark.slow
