@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from parrot_jax.conv import Conv1D
 from parrot_jax.ot import SinkhornOptions, normalized_cost, transport_plan
 
 MODEL_KINDS: tuple[str, ...] = ("fcn", "cnn", "parrot", "concat", "hadamard", "ot")
@@ -145,7 +146,7 @@ class ConvStack(nn.Module):
             )
         h = x[:, :, None]
         for i, features in enumerate(cfg.filters):
-            h = nn.Conv(features, (cfg.kernel_size,), padding=cfg.conv_padding, name=f"conv{i}")(h)
+            h = Conv1D(features, cfg.kernel_size, cfg.conv_padding, name=f"conv{i}")(h)
             h = _max_pool(nn.relu(h), cfg.pool_size)
             h = _dropout(cfg, "conv", h, train)
         return h.reshape(h.shape[0], -1)

@@ -1,0 +1,44 @@
+"""Keep freed memory in the process: glibc malloc settings that stop XLA:CPU re-faulting its buffers.
+
+XLA:CPU allocates a program's temporary buffers on every call and frees them after. By default glibc
+gives large freed blocks back to the kernel (munmap, heap trimming, per-thread heaps deleted), so the
+next call touches fresh pages again: about 110 000 page faults and 230 ms of kernel time per PARROT
+training step on the 2-core machine of PERF_NOTES.md (a step took 337 ms; 222 ms with these settings).
+PyTorch's CPU allocator goes through the same malloc and gains as well.
+
+`keep_freed_memory()` sets, through mallopt(3):
+    M_ARENA_MAX = 1              one heap for all threads (threads' own heaps are deleted when empty)
+    M_MMAP_MAX = 0               large blocks come from that heap too, not from fresh mappings
+    M_TRIM_THRESHOLD = 2^31 - 1  never hand the heap's free top back to the kernel
+so the process keeps its peak memory until it exits. Linux with glibc only; a no-op elsewhere.
+`import parrot_jax` applies it unless the environment has PARROT_KEEP_FREED_MEMORY=0. The arena limit
+only holds for threads that have not allocated yet: import parrot_jax before running anything in JAX
+(or set MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 in the environment).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+ENV_VAR = "PARROT_KEEP_FREED_MEMORY"
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings above; True if glibc accepted all of them, False where there is no glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
+
+
+def wanted(environ: dict[str, str] | None = None) -> bool:
+    """Whether `import parrot_jax` should call keep_freed_memory(): unless PARROT_KEEP_FREED_MEMORY=0."""
+    value = (os.environ if environ is None else environ).get(ENV_VAR, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_VAR} must be 0 or 1, got {value!r}")
+    return value == "1"

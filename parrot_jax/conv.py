@@ -1,0 +1,109 @@
+"""The conv stacks' 1-D convolution, with a member-axis batching rule chosen per backend.
+
+    conv1d(x, kernel)[b, t, o] = sum_{k, c} x[b, t + k, c] kernel[k, c, o]      (x padded first for "SAME")
+
+x [B, L, C_in], kernel [K, C_in, C_out]: the same numbers as `lax.conv_general_dilated` (and flax's
+`nn.Conv`). What differs is how the trainer's `jax.vmap` over members (folds x seeds, each with its own
+kernel) is carried out:
+
+- "loop": each member's convolution runs as an ordinary convolution, one after another inside the same
+  compiled program, and the results are stacked;
+- "grouped": JAX's own rule, one grouped convolution (feature_group_count = members);
+- "auto" (default): "loop" on CPU, "grouped" elsewhere.
+
+Why: XLA:CPU runs grouped convolutions slowly. A PARROT branch's gradient (dims 3840, batch 32, 5 members)
+took 853 ms with the grouped form and 671 ms with "loop" (one member alone: 110 ms); see PERF_NOTES.md
+and bench/train_folds.py. GPU/TPU keep JAX's rule (not measured here).
+
+The gradient is a `jax.custom_vjp` whose two backward convolutions (d/dx, d/dkernel) are themselves
+batched by the same rule. Reverse mode, first order, is what training needs and all that is defined.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
+
+MemberRule = Literal["auto", "loop", "grouped"]
+MEMBER_RULES: tuple[str, ...] = ("auto", "loop", "grouped")
+_DIMENSIONS = ("NWC", "WIO", "NWC")
+
+
+def resolve_rule(rule: str) -> str:
+    """"auto" -> "loop" on CPU, "grouped" on other backends; other values are checked and returned."""
+    if rule not in MEMBER_RULES:
+        raise ValueError(f"member batching rule must be one of {MEMBER_RULES}, got {rule!r}")
+    if rule != "auto":
+        return rule
+    return "loop" if jax.default_backend() == "cpu" else "grouped"
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1,), padding, dimension_numbers=_DIMENSIONS)
+
+
+def _batched_by(rule: str, fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """`fn` with a vmap rule: members one by one ("loop") or JAX's own batching ("grouped")."""
+    wrapped = custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def _rule(axis_size: int, in_batched: Sequence[bool], *args: jax.Array) -> tuple[jax.Array, bool]:
+        if rule == "loop":
+            pick = lambda m: [a[m] if batched else a for a, batched in zip(args, in_batched)]  # noqa: E731
+            return jnp.stack([fn(*pick(m)) for m in range(axis_size)]), True
+        return jax.vmap(fn, in_axes=tuple(0 if b else None for b in in_batched))(*args), True
+
+    return wrapped
+
+
+def conv1d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", rule: MemberRule = "auto") -> jax.Array:
+    """[B, L, C_in] * [K, C_in, C_out] -> [B, L', C_out] (L' = L - K + 1 for "VALID", L for "SAME")."""
+    return _conv1d(x, kernel, padding, resolve_rule(rule))
+
+
+def _forward(x: jax.Array, kernel: jax.Array, padding: str, rule: str) -> jax.Array:
+    return _batched_by(rule, lambda x, k: _conv(x, k, padding))(x, kernel)
+
+
+_conv1d = jax.custom_vjp(_forward, nondiff_argnums=(2, 3))
+
+
+def _conv1d_fwd(x, kernel, padding, rule):
+    return _forward(x, kernel, padding, rule), (x, kernel)
+
+
+def _conv1d_bwd(padding, rule, residuals, g):
+    x, kernel = residuals
+
+    def d_input(g: jax.Array, kernel: jax.Array) -> jax.Array:
+        return jax.vjp(lambda x: _conv(x, kernel, padding), jnp.zeros(x.shape[-3:], x.dtype))[1](g)[0]
+
+    def d_kernel(x: jax.Array, g: jax.Array) -> jax.Array:
+        return jax.vjp(lambda k: _conv(x, k, padding), jnp.zeros(kernel.shape[-3:], kernel.dtype))[1](g)[0]
+
+    return _batched_by(rule, d_input)(g, kernel), _batched_by(rule, d_kernel)(x, g)
+
+
+_conv1d.defvjp(_conv1d_fwd, _conv1d_bwd)
+
+
+class Conv1D(nn.Module):
+    """Drop-in for `nn.Conv(features, (kernel_size,), padding=...)` on [B, L, C] inputs: same parameter
+    names, shapes and initialisers ("kernel" lecun-normal [K, C_in, C_out], "bias" zeros), same outputs,
+    with the member batching rule of `conv1d`."""
+
+    features: int
+    kernel_size: int
+    padding: str = "VALID"
+    rule: MemberRule = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv1d(x, kernel, self.padding, self.rule) + bias
