@@ -17,8 +17,9 @@ Devices: `select_devices(spec)`, spec as in `--devices` or the environment varia
 Hosts: `initialize_multihost()` calls `jax.distributed.initialize()` when a multi-process launch is
 visible in the environment (see its docstring). Afterwards `jax.devices()` spans every host, every
 host holds the same host data, `shard_leading` gives each device its lanes, and `gather` returns the
-full result on every host; `host_rows` splits work such as extraction into one part per host and
-`is_coordinator()` names the one host that writes shared files.
+full result on every host; `host_rows` splits work such as extraction into one part per host,
+`is_coordinator()` names the one host that writes shared files, `from_coordinator` hands its
+decisions to the others and `barrier` waits for its writes.
 """
 
 from __future__ import annotations
@@ -264,6 +265,15 @@ def host_rows(n: int, process_index: int | None = None, process_count: int | Non
 def is_coordinator() -> bool:
     """True on the one process (index 0) that writes files every host shares."""
     return jax.process_index() == 0
+
+
+def from_coordinator(values: np.ndarray) -> np.ndarray:
+    """Process 0's `values` on every process (each process passes an array of the same shape and
+    dtype); `values` itself with one process. For decisions every process must take alike."""
+    values = np.asarray(values)
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.broadcast_one_to_all(values))
 
 
 def barrier(name: str) -> None:

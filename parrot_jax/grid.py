@@ -11,7 +11,14 @@ Each cell trains on all folds (and seeds) at once and writes ``<results>/<run>/c
 atomically (temporary file, then rename) when it finishes. Its *key* is a SHA-256 over what decides
 its numbers: the cell, the split settings, the resolved train/model configs (or the SVM's settings),
 and the content hashes of its feature files. A rerun skips a cell whose file holds the same key and
-reruns it otherwise, so a kill at any moment loses only the cell in flight.
+reruns it otherwise, so a kill at any moment loses only the cell in flight (with ``pack_cells`` > 1,
+the pack of cells in flight).
+
+Several processes (`jax.distributed`, one per host) run the same grid together: every process
+computes every cell (its share of the devices), the coordinator (process 0) alone writes files
+(cell records, activations, checkpoints, tables, figures, grid.json), and the others read the records
+back after a barrier, so every process returns the same outcome. Which cells are done is process 0's
+reading of the results folder, sent to the others.
 """
 
 from __future__ import annotations
@@ -60,6 +67,12 @@ class GridConfig:
     tsne_methods: neural methods whose penultimate activations are kept for t-SNE figures.
     figures: cells to draw confusion matrices and t-SNE maps for: cell names, or "best" (each
         corpus's Table 2 PARROT cell with the highest mean accuracy).
+    pack_cells: train up to this many neural cells of one corpus, method and feature shapes as one
+        program (`training.train_cells`: members cell x seed x fold), e.g. Table 2's A(B)+W, A(B)+H,
+        A(B)+W2, A(B)+U. Results and cell files are those of the cells trained alone. 1 (default):
+        each cell alone. Worth it where one cell's folds x seeds leave devices idle (5 members on 8
+        GPUs, a TPU pod slice); on one device a bigger program is no faster per member (slower on CPU).
+        A kill loses the whole pack in flight.
     """
 
     run: str = "paper"
@@ -81,6 +94,7 @@ class GridConfig:
     checkpoints: bool = False
     tsne_methods: tuple[str, ...] = ("parrot",)
     figures: tuple[str, ...] = ("best",)
+    pack_cells: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol not in ("stratified", "speaker"):
@@ -94,6 +108,8 @@ class GridConfig:
             raise ValueError("GridConfig.seeds: expected at least one seed")
         if "seeds" in self.train:
             raise ValueError("GridConfig.train: set the seeds with GridConfig.seeds, not train.seeds")
+        if not (isinstance(self.pack_cells, int) and self.pack_cells >= 1):
+            raise ValueError(f"GridConfig.pack_cells: expected an int >= 1, got {self.pack_cells!r}")
 
     @property
     def table2_methods(self) -> tuple[str, ...]:
@@ -382,6 +398,9 @@ def versions() -> dict:
     return out
 
 
+STATUSES = ("done", "new", "changed")
+
+
 def cell_status(path: Path, key: str, need_checkpoint: Path | None) -> str:
     """'done' (same key, and the checkpoint where one is wanted), 'changed', or 'new'."""
     if not path.is_file():
@@ -397,10 +416,11 @@ def cell_status(path: Path, key: str, need_checkpoint: Path | None) -> str:
     return "done"
 
 
-def _epoch_bar(total: int, label: str) -> tuple[Any, Callable[[int, dict], None]]:
+def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Callable[[int, dict], None]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=f"  {label}", unit="epoch", leave=False, position=1, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"  {label}", unit="epoch", leave=False, position=1, dynamic_ncols=True,
+               disable=disable)
 
     def progress(epoch: int, stats: dict) -> None:
         active = np.asarray(stats["active"])
@@ -412,56 +432,93 @@ def _epoch_bar(total: int, label: str) -> tuple[Any, Callable[[int, dict], None]
     return bar, progress
 
 
-def run_cell(cell: Cell, config: GridConfig, data: CorpusData, folds, provenance: dict, key: str) -> dict:
-    """Train/evaluate one cell; write its activations / checkpoint; return its JSON record."""
+def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> list[list[Cell]]:
+    """The cells in groups that train as one program: neural cells of the same corpus (so the same
+    labels, folds and model config), method and feature shapes, at most ``config.pack_cells`` per
+    group, in the order of their first cell; every SVM cell alone."""
+    groups: dict[tuple, list[list[Cell]]] = {}
+    for i, cell in enumerate(cells):
+        shapes = tuple(data[cell.corpus].matrices[e].shape for e in cell.encoders)
+        key = ("alone", i) if cell.method == "svm" else (cell.corpus, cell.method, shapes)
+        packs = groups.setdefault(key, [[]])
+        if len(packs[-1]) == config.pack_cells:
+            packs.append([])
+        packs[-1].append(cell)
+    return sorted((pack for packs in groups.values() for pack in packs), key=lambda pack: cells.index(pack[0]))
+
+
+def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds, provenance: dict,
+              keys: dict[str, str]) -> list[dict]:
+    """Train/evaluate one group of `pack_groups` (one program); on the coordinator, write each cell's
+    activations / checkpoint; return the cells' JSON records."""
+    from parrot_jax import distributed as dist
+
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-    features = [data.matrices[e] for e in cell.encoders]
-    artifacts: dict[str, str | None] = {"penultimate": None, "checkpoint": None}
-    cells_dir = config.run_dir / "cells"
-    if cell.method == "svm":
+    method = cells[0].method
+    cell_features = [[data.matrices[e] for e in cell.encoders] for cell in cells]
+    writer = dist.is_coordinator()
+    if method == "svm":
         from parrot_jax.svm import svm_cell
 
-        result = svm_cell(features, data.labels, folds, standardize=config.svm_standardize)
+        results = [svm_cell(features, data.labels, folds, standardize=config.svm_standardize)
+                   for features in cell_features]
     else:
-        from parrot_jax import predict
-        from parrot_jax.training import train_cell
+        from parrot_jax.training import train_cells
 
         tc, mc = train_config(config), model_config(config, len(data.class_names))
-        bar, progress = _epoch_bar(tc.epochs, f"{cell.name} (epochs)")
+        names = ", ".join(cell.name for cell in cells)
+        bar, progress = _epoch_bar(tc.epochs, f"{names} (epochs)", disable=not writer)
         try:
-            result = train_cell(cell.method, mc, features, data.labels, folds, tc, progress)
+            results = train_cells(method, mc, cell_features, data.labels, folds, tc, progress)
         finally:
             bar.close()
-        if cell.method in config.tsne_methods:
-            acts = predict.test_activations(result, mc, features, folds, tc.eval_batch_size)
-            path = cells_dir / f"{cell.name}.penultimate.npz"
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-            np.savez(tmp, activations=acts, labels=data.labels)
-            os.replace(tmp, path)
-            artifacts["penultimate"] = path.name
-        if config.checkpoints:
-            target = config.run_dir / "models" / cell.name
-            info = {"corpus": cell.corpus, "cell": cell.name, "trained_on": "folds", "key": key}
-            predict.save_model(target, predict.from_cell(result, mc, cell.encoders, data.metadata, data.class_names,
-                                                         tc.eval_batch_size, info))
-            artifacts["checkpoint"] = str(Path("models") / cell.name)
-    runs = result.runs
-    return {
-        "cell": cell.to_json(),
-        "key": key,
-        "settings": cell_settings(cell, config, len(data.class_names)),
-        "feature_hashes": {e: data.hashes[e] for e in cell.encoders},
-        "config": config_dict(config),
-        "provenance": provenance,
-        "class_names": list(data.class_names),
-        "metrics": {m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
-        "confusion": np.sum([r.confusion for r in runs], axis=0).tolist(),
-        "result": result.to_json(),
-        "artifacts": artifacts,
-        "timings": {"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "train_seconds": result.seconds, "total_seconds": time.perf_counter() - t0},
-        "versions": versions(),
-    }
+    records = []
+    for cell, features, result in zip(cells, cell_features, results):
+        artifacts = _write_artifacts(cell, config, data, folds, features, result, keys[cell.name]) if writer else {}
+        runs = result.runs
+        records.append({
+            "cell": cell.to_json(),
+            "key": keys[cell.name],
+            "settings": cell_settings(cell, config, len(data.class_names)),
+            "feature_hashes": {e: data.hashes[e] for e in cell.encoders},
+            "config": config_dict(config),
+            "provenance": provenance,
+            "class_names": list(data.class_names),
+            "metrics": {m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
+            "confusion": np.sum([r.confusion for r in runs], axis=0).tolist(),
+            "result": result.to_json(),
+            "artifacts": artifacts,
+            "timings": {"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "train_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
+                        "packed_with": [c.name for c in cells if c != cell]},
+            "versions": versions(),
+        })
+    return records
+
+
+def _write_artifacts(cell: Cell, config: GridConfig, data: CorpusData, folds, features: list[np.ndarray],
+                     result, key: str) -> dict[str, str | None]:
+    """Write a neural cell's penultimate activations (for t-SNE) and checkpoint where the config asks."""
+    artifacts: dict[str, str | None] = {"penultimate": None, "checkpoint": None}
+    if cell.method == "svm":
+        return artifacts
+    from parrot_jax import predict
+
+    tc, mc = train_config(config), model_config(config, len(data.class_names))
+    if cell.method in config.tsne_methods:
+        acts = predict.test_activations(result, mc, features, folds, tc.eval_batch_size)
+        path = config.run_dir / "cells" / f"{cell.name}.penultimate.npz"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, activations=acts, labels=data.labels)
+        os.replace(tmp, path)
+        artifacts["penultimate"] = path.name
+    if config.checkpoints:
+        target = config.run_dir / "models" / cell.name
+        info = {"corpus": cell.corpus, "cell": cell.name, "trained_on": "folds", "key": key}
+        predict.save_model(target, predict.from_cell(result, mc, cell.encoders, data.metadata, data.class_names,
+                                                     tc.eval_batch_size, info))
+        artifacts["checkpoint"] = str(Path("models") / cell.name)
+    return artifacts
 
 
 @dataclass
@@ -475,12 +532,17 @@ class GridOutcome:
 
 def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool = False,
              echo: Callable[[str], None] = print) -> GridOutcome:
-    """Plan the grid, run every cell not already done, then write the tables and figures."""
+    """Plan the grid, run every cell not already done, then write the tables and figures.
+
+    Under several processes every process calls it; only the coordinator writes and prints."""
     from tqdm.auto import tqdm
 
+    from parrot_jax import distributed as dist
     from parrot_jax import report
 
     t0 = time.perf_counter()
+    writer = dist.is_coordinator()
+    echo = echo if writer else (lambda _: None)
     provenance = provenance or {}
     cells, notes = plan_cells(config, available_features(config.features))
     for note in notes:
@@ -491,42 +553,55 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}
     keys = {cell.name: cell_key(cell, config, data[cell.corpus]) for cell in cells}
-    status = {
-        cell.name: cell_status(cells_dir / f"{cell.name}.json", keys[cell.name],
-                               config.run_dir / "models" / cell.name
-                               if config.checkpoints and cell.method != "svm" else None)
+    found = [
+        STATUSES.index(cell_status(cells_dir / f"{cell.name}.json", keys[cell.name],
+                                   config.run_dir / "models" / cell.name
+                                   if config.checkpoints and cell.method != "svm" else None))
         for cell in cells
-    }
+    ]
+    # every process runs the cells process 0 found missing (a file may appear while others look)
+    status = {cell.name: STATUSES[i] for cell, i in zip(cells, dist.from_coordinator(np.array(found, np.int32)))}
     if dry_run:
         echo(f"{len(cells)} cells in {config.run_dir} ({sum(s == 'done' for s in status.values())} done):")
         for cell in cells:
             echo(f"  [{status[cell.name]:>7}] {cell.corpus:<8} table {cell.table}  {cell.method:<8} {cell.abbrev}")
         return GridOutcome(cells, status, {}, {}, time.perf_counter() - t0)
 
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cells_dir.glob(".*.tmp-*"):  # left by a killed run: never a finished cell
-        stale.unlink()
+    if writer:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cells_dir.glob(".*.tmp-*"):  # left by a killed run: never a finished cell
+            stale.unlink()
     todo = [c for c in cells if status[c.name] != "done"]
-    echo(f"{len(cells)} cells: {len(cells) - len(todo)} done and unchanged (skipped), {len(todo)} to run")
+    groups = pack_groups(todo, config, data)
+    packed = f" as {len(groups)} program(s) (pack_cells={config.pack_cells})" if len(groups) < len(todo) else ""
+    echo(f"{len(cells)} cells: {len(cells) - len(todo)} done and unchanged (skipped), {len(todo)} to run{packed}")
     folds = {}
-    with tqdm(todo, desc="cells", unit="cell", position=0, dynamic_ncols=True) as bar:
-        for cell in bar:
-            bar.set_postfix_str(cell.name)
-            if cell.corpus not in folds:
-                folds[cell.corpus] = cell_folds(config, data[cell.corpus])
-            record = run_cell(cell, config, data[cell.corpus], folds[cell.corpus], provenance, keys[cell.name])
-            write_json_atomic(cells_dir / f"{cell.name}.json", record)
+    with tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True, disable=not writer) as bar:
+        for group in groups:
+            bar.set_postfix_str(", ".join(c.name for c in group))
+            corpus = group[0].corpus
+            if corpus not in folds:
+                folds[corpus] = cell_folds(config, data[corpus])
+            records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys)
+            if writer:
+                for cell, record in zip(group, records):
+                    write_json_atomic(cells_dir / f"{cell.name}.json", record)
+            bar.update(len(group))
+    dist.barrier("parrot-grid-cells-written")
     records = {c.name: json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells}
-    cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
-    row_order = list(dict.fromkeys(c.abbrev for c in cells))
-    tables = report.write_tables(cell_records, config.run_dir, row_order)
-    draw_figures(config, cells, records, echo)
     seconds = time.perf_counter() - t0
-    write_json_atomic(config.run_dir / "grid.json", {
-        "config": config_dict(config), "provenance": provenance, "notes": notes,
-        "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
-        "seconds": seconds, "versions": versions(),
-    })
+    if writer:
+        cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
+        row_order = list(dict.fromkeys(c.abbrev for c in cells))
+        report.write_tables(cell_records, config.run_dir, row_order)
+        draw_figures(config, cells, records, echo)
+        write_json_atomic(config.run_dir / "grid.json", {
+            "config": config_dict(config), "provenance": provenance, "notes": notes,
+            "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
+            "seconds": seconds, "versions": versions(),
+        })
+    dist.barrier("parrot-grid-tables-written")
+    tables = {t: (config.run_dir / f"table{t}.md").read_text() for t in sorted({c.table for c in cells})}
     return GridOutcome(cells, status, records, tables, seconds)
 
 
@@ -604,12 +679,15 @@ def overrides_from(args) -> list[str]:
 
 
 def command(args) -> int:
-    """Run the grid the arguments describe; print the tables."""
+    """Run the grid the arguments describe; print the tables (on the coordinator)."""
+    from parrot_jax import distributed as dist
+
+    dist.initialize_multihost()  # a no-op unless launched as several processes (or already joined)
     overrides = overrides_from(args)
     config, provenance = load_config(args.config, overrides)
     provenance["argv"] = sys.argv
     outcome = run_grid(config, provenance, dry_run=args.dry_run)
-    if not args.dry_run:
+    if not args.dry_run and dist.is_coordinator():
         for table, text in outcome.tables.items():
             print(f"\n## Table {table} ({config.protocol} {config.folds}-fold, {len(config.seeds)} seed(s))\n")
             print(text)

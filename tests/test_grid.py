@@ -43,6 +43,65 @@ def store(tmp_path_factory) -> Path:
     return base / "features"
 
 
+class Columns:
+    """Stands in for an attention encoder (the grid pairs encoders by their registry family): 12 columns
+    of the real logmel-stats features, from another offset per name, so that cells of equal shapes differ."""
+
+    dim = 12
+
+    def __init__(self, name: str, start: int):
+        from parrot_jax.encoders import registry
+
+        self.inner, self.name, self.start = registry.build("logmel-stats"), name, start
+        self.sample_rate, self.min_samples = self.inner.sample_rate, self.inner.min_samples
+
+    def embed_batch(self, waves):
+        return self.inner.embed_batch(waves)[:, self.start : self.start + self.dim]
+
+    def metadata(self) -> dict:
+        return {"stand_in": "logmel-stats columns", "start": self.start, "dim": self.dim}
+
+
+@pytest.fixture(scope="module")
+def equal_store(tmp_path_factory) -> Path:
+    """The demo corpus with three 12-d feature sets named wavlm-base, hubert-base, wav2vec2-base: Table 1's
+    three FCN cells have equal shapes, and so have Table 2's three PARROT pairs."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.features import extract
+
+    base = tmp_path_factory.mktemp("equal")
+    root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
+    encoders = [Columns(name, start) for name, start in (("wavlm-base", 0), ("hubert-base", 20), ("wav2vec2-base", 40))]
+    extract("demo", root, encoders, base / "features", progress=False)
+    return base / "features"
+
+
+def equal_config(store: Path, results: Path, run: str, pack_cells: int, **extra) -> GridConfig:
+    """6 cells (FCN x 3 encoders, PARROT x 3 pairs), 3 folds, 2 epochs, tiny model, 20 Sinkhorn iterations."""
+    return GridConfig(run=run, features=str(store), results=str(results), folds=3, val_fraction=0.25,
+                      table1=("fcn",), table2=("parrot",), pack_cells=pack_cells,
+                      train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
+                      model={"filters": (4, 8), "latent_dim": 8, "hidden": 16,
+                             "sinkhorn": {"max_iterations": 20, "threshold": None}}, **extra)
+
+
+def same_results(a: dict, b: dict) -> bool:
+    """Two records of one cell hold the same key, predictions, metrics and epochs (probabilities 1e-5)."""
+    runs = zip(a["result"]["runs"], b["result"]["runs"], strict=True)
+    return a["key"] == b["key"] and a["metrics"] == b["metrics"] and a["confusion"] == b["confusion"] and all(
+        (x["seed"], x["fold"], x["predictions"], x["test_indices"], x["best_epoch"], x["epochs_run"])
+        == (y["seed"], y["fold"], y["predictions"], y["test_indices"], y["best_epoch"], y["epochs_run"])
+        and np.allclose(x["probabilities"], y["probabilities"], atol=1e-5)
+        for x, y in runs
+    )
+
+
+@pytest.fixture(scope="module")
+def alone_grid(equal_store, tmp_path_factory) -> grid.GridOutcome:
+    """The 6-cell grid of `equal_config`, each cell trained alone, in this process."""
+    return grid.run_grid(equal_config(equal_store, tmp_path_factory.mktemp("alone"), "alone", 1), echo=lambda _: None)
+
+
 def _config_file(tmp_path: Path, store: Path) -> Path:
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG.format(features=str(store), results=str(tmp_path / "results")))
@@ -179,3 +238,62 @@ def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
     out, _ = dry.communicate(timeout=120)
     status = [line.split("]")[0].strip(" [") for line in out.splitlines() if line.startswith("  [")]
     assert status == ["done"] * 2 + ["changed"] * 4, out  # the SVM rows do not depend on epochs
+
+
+# ----------------------------------------------------------------------------------------------------
+# cells of equal shapes packed into one program
+
+
+def test_pack_groups_follow_corpus_method_and_shapes():
+    """The paper's grid on CREMA-D (registry dims): Table 2 PARROT packs A(T)+W/H/W2/U, the six
+    768+768 attention pairs (4 + 2 with pack_cells=4), and the four 768+1280 pairs with MMS."""
+    config = GridConfig(pack_cells=4)
+    cells, _ = plan_cells(config, {"cremad": PAPER_ENCODERS})
+    from parrot_jax.encoders import registry
+
+    data = {"cremad": grid.CorpusData("cremad", [], np.zeros(2), (), None,
+                                      {e: np.zeros((2, registry.ENCODERS[e].dim), np.float32) for e in PAPER_ENCODERS},
+                                      {}, {})}
+    groups = grid.pack_groups(cells, config, data)
+    assert sorted(c.name for g in groups for c in g) == sorted(c.name for c in cells)  # each cell once
+    assert all(len(g) == 1 for g in groups if g[0].method == "svm")
+    abbrevs = [[c.abbrev for c in g] for g in groups if g[0].method == "parrot"]
+    assert abbrevs[:2] == [["A(T)+W", "A(T)+H", "A(T)+W2", "A(T)+U"], ["A(T)+M"]]
+    assert ["W+H", "W+W2", "W+U", "H+W2"] in abbrevs and ["H+U", "W2+U"] in abbrevs
+    assert ["W+M", "H+M", "W2+M", "U+M"] in abbrevs
+    assert [[c.abbrev for c in g] for g in groups if g[0].method == "fcn"] == [
+        ["A(T)"], ["A(S)"], ["A(B)"], ["W", "H", "W2", "U"], ["M"]]
+    assert [c for g in groups for c in g if c.method == "concat"][0].abbrev == "A(T)+W"  # order kept
+    assert all(len(g) == 1 for g in grid.pack_groups(cells, GridConfig(), data))
+    with pytest.raises(ValueError, match="GridConfig.pack_cells: expected an int >= 1, got 0"):
+        GridConfig(pack_cells=0)
+
+
+@pytest.mark.slow
+def test_packed_cells_write_the_records_of_cells_trained_alone(tmp_path, equal_store, alone_grid):
+    """pack_cells=3 trains the 6 cells as 2 programs and writes the records of the cells trained alone;
+    a pack whose cells are partly done trains only the missing ones."""
+    config = equal_config(equal_store, tmp_path, "packed", 3)
+    lines: list[str] = []
+    packed = grid.run_grid(config, echo=lines.append)
+    assert "6 cells: 0 done and unchanged (skipped), 6 to run as 2 program(s) (pack_cells=3)" in lines
+    assert packed.records.keys() == alone_grid.records.keys() and len(packed.records) == 6
+    for name, record in alone_grid.records.items():
+        assert same_results(packed.records[name], record), name
+        assert len(packed.records[name]["timings"]["packed_with"]) == 2
+    assert packed.tables == alone_grid.tables
+
+    cells_dir = config.run_dir / "cells"
+    pairs = sorted(cells_dir.glob("demo__parrot__*.json"))
+    assert len(pairs) == 3
+    kept = pairs[0].read_bytes()
+    for path in pairs[1:]:
+        path.unlink()
+    lines.clear()
+    again = grid.run_grid(config, echo=lines.append)
+    assert "6 cells: 4 done and unchanged (skipped), 2 to run as 1 program(s) (pack_cells=3)" in lines
+    assert pairs[0].read_bytes() == kept
+    for path in pairs[1:]:
+        record = again.records[path.stem]
+        assert same_results(record, alone_grid.records[path.stem])
+        assert record["timings"]["packed_with"] == [p.stem for p in pairs[1:] if p != path]
