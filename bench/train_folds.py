@@ -8,13 +8,23 @@ fold. Random features of Emo-DB's size (535 x (3840, 768), 7 classes) and of CRE
     .venv/bin/python bench/train_folds.py --epochs 2 --folds 2 --datasets emodb   # quick iteration
 
 All three train the same number of steps: early stopping is off (patience None), every epoch runs, and
-each epoch ends with a validation pass, as in the trainer. torch is imported only here.
+each epoch ends with a validation pass, as in the trainer. torch is imported only here. Importing parrot_jax
+sets glibc's malloc to keep freed memory (parrot_jax/allocator.py); PyTorch in this process gains from it
+too. The way "torch-default-malloc" runs the same PyTorch reference in a child process without it
+(PARROT_KEEP_FREED_MEMORY=0), as a PyTorch user would run it.
+
+The arithmetic floor printed is the training FLOPs at the measured matmul peak: no implementation of the
+same float32 arithmetic on this machine can be faster than that.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -82,13 +92,23 @@ def run_torch(features, labels, folds, cfg, epochs) -> float:
     return _timed(lambda: torch_reference.train_folds(features, labels, folds, cfg, epochs))
 
 
+def run_torch_default_malloc(args, name: str, epochs: int) -> float:
+    """The PyTorch reference in a child process with glibc's default malloc settings."""
+    env = dict(os.environ, PARROT_KEEP_FREED_MEMORY="0")
+    cmd = [sys.executable, __file__, "--datasets", name, "--folds", str(args.folds), "--ways", "torch", "--json"]
+    cmd += ["--epochs", str(epochs)] if name == "emodb" else ["--cremad-epochs", str(epochs)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])[name]["torch"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="emodb,cremad")
     ap.add_argument("--folds", type=int, default=5, help="train the first N of the 5 folds")
     ap.add_argument("--epochs", type=int, default=50, help="epochs for Emo-DB size")
     ap.add_argument("--cremad-epochs", type=int, default=2, help="epochs for CREMA-D size")
-    ap.add_argument("--ways", default="vmap,loop,torch")
+    ap.add_argument("--ways", default="vmap,loop,torch,torch-default-malloc")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line of the seconds")
     ap.add_argument("--loop", default="auto", help="TrainConfig.loop for the JAX runs")
     args = ap.parse_args()
     ways = args.ways.split(",")
@@ -97,6 +117,7 @@ def main() -> None:
     peak = matmul_peak()
     print(f"float32 matmul peak (2048^3, jit): {peak:.0f} GFLOP/s")
     cfg_kwargs = {}
+    record = {}
     for name in args.datasets.split(","):
         n, classes = DATASETS[name]
         epochs = args.epochs if name == "emodb" else args.cremad_epochs
@@ -114,12 +135,24 @@ def main() -> None:
             if way == "torch":
                 times[way] = run_torch(features, labels, folds, cfg, epochs)
                 print(f"torch (fold after fold)     : {times[way]:8.1f} s")
+            elif way == "torch-default-malloc":
+                times[way] = run_torch_default_malloc(args, name, epochs)
+                print(f"torch, glibc malloc default : {times[way]:8.1f} s")
             else:
                 warm, times[way] = run_jax(features, labels, folds, cfg, epochs, "vmap" if way == "vmap" else "loop", args.loop)
                 print(f"jax {way:5s} (warm-up {warm:6.1f} s): {times[way]:8.1f} s")
         for way, t in times.items():
             print(f"  {way:6s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = {100 * flops / t / 1e9 / peak:5.1f}% of peak"
                   + "".join(f"  x{times[o] / t:.2f} vs {o}" for o in times if o != way))
+        floor = flops / peak / 1e9
+        print(f"  arithmetic floor at the measured peak: {floor:.1f} s", end="")
+        if "torch" in times:
+            print(f"; 3x the PyTorch reference means {times['torch'] / 3:.1f} s = "
+                  f"{100 * floor / (times['torch'] / 3):.0f}% of peak", end="")
+        print()
+        record[name] = times
+    if args.json:
+        print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ kernel) is carried out:
 - "loop": each member's convolution runs as an ordinary convolution, one after another inside the same
   compiled program, and the results are stacked;
 - "grouped": JAX's own rule, one grouped convolution (feature_group_count = members);
-- "auto" (default): "loop" on CPU, "grouped" elsewhere.
+- "auto" (default): "loop" on a single CPU device, "grouped" elsewhere (with several devices the member
+  axis is sharded, and slicing it member by member would undo that).
 
 Why: XLA:CPU runs grouped convolutions slowly. A PARROT branch's gradient (dims 3840, batch 32, 5 members)
 took 853 ms with the grouped form and 671 ms with "loop" (one member alone: 110 ms); see PERF_NOTES.md
@@ -35,12 +36,12 @@ _DIMENSIONS = ("NWC", "WIO", "NWC")
 
 
 def resolve_rule(rule: str) -> str:
-    """"auto" -> "loop" on CPU, "grouped" on other backends; other values are checked and returned."""
+    """"auto" -> "loop" on one CPU device, else "grouped"; other values are checked and returned."""
     if rule not in MEMBER_RULES:
         raise ValueError(f"member batching rule must be one of {MEMBER_RULES}, got {rule!r}")
     if rule != "auto":
         return rule
-    return "loop" if jax.default_backend() == "cpu" else "grouped"
+    return "loop" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "grouped"
 
 
 def _conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
