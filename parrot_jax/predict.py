@@ -84,7 +84,8 @@ def from_cell(result: CellResult, model_config: ModelConfig, encoders: Sequence[
 
 
 def save_model(path: str | Path, model: SavedModel) -> Path:
-    """Write `model` to the folder `path` (replacing what is there); model.json last."""
+    """Write `model` to the folder `path` (replacing what is there); model.json last. Only the calling
+    process writes, and it waits for no other (under several processes, call it on one)."""
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
@@ -95,7 +96,10 @@ def save_model(path: str | Path, model: SavedModel) -> Path:
     if model.standardizer is not None:
         tree["mean"] = list(model.standardizer.mean)
         tree["scale"] = list(model.standardizer.scale)
-    ocp.PyTreeCheckpointer().save(path / "state", tree)
+    # written by this process alone (under jax.distributed the grid saves on host 0 only): no barrier
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+    handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=alone)
+    ocp.Checkpointer(handler, multiprocessing_options=alone).save(path / "state", tree)
     meta = {
         "kind": model.kind,
         "model_config": asdict(model.model_config),

@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from parrot_jax import distributed as dist
@@ -21,8 +23,9 @@ from parrot_jax import distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_with_devices(code: str, devices: int = 4, env: dict[str, str] | None = None) -> dict:
-    """Run `code` in a fresh Python with `devices` simulated CPU devices; its last stdout line is JSON."""
+def run_with_devices(code: str, devices: int = 4, env: dict[str, str] | None = None, argv: list[str] = ()) -> dict:
+    """Run `code` (with `argv`) in a fresh Python with `devices` simulated CPU devices; its last stdout
+    line is JSON."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_"))}
     full_env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -31,7 +34,7 @@ def run_with_devices(code: str, devices: int = 4, env: dict[str, str] | None = N
         **(env or {}),
     )
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", textwrap.dedent(code), *argv], env=full_env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return _json_line(proc.stdout)
@@ -81,8 +84,6 @@ def test_host_rows_partition_every_row_once_in_order(n, count):
 
 
 def test_pad_leading_repeats_the_last_lane_and_checks_leaves():
-    import numpy as np
-
     tree = {"a": np.arange(6).reshape(3, 2), "b": np.array([1.0, 2.0, 3.0])}
     padded = dist.pad_leading(tree, 5)
     np.testing.assert_array_equal(padded["a"], [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
@@ -226,8 +227,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(code: str, count: int) -> list[dict]:
-    """Run `code` as `count` jax.distributed processes on localhost (2 CPU devices each); their JSON lines."""
+def _run_processes(code: str, count: int, argv: Callable[[int], list[str]] = lambda rank: []) -> list[dict]:
+    """Run `code` as `count` jax.distributed processes on localhost (2 CPU devices each), process `rank`
+    with the arguments `argv(rank)`; their JSON lines."""
     port = _free_port()
     procs = []
     for rank in range(count):
@@ -240,7 +242,7 @@ def _run_processes(code: str, count: int) -> list[dict]:
             JAX_NUM_PROCESSES=str(count),
             JAX_PROCESS_ID=str(rank),
         )
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *argv(rank)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     for p in procs:
@@ -394,3 +396,57 @@ def test_trainer_sharded_over_4_devices_equals_one_device():
     assert out["members"] == 10 and out["param_lanes"] == 10 and out["progress_lengths"] == [10]
     assert out["predictions"] and out["epochs"] and out["summary"], out
     assert out["param_diff"] <= 1e-6 and out["prob_diff"] <= 1e-6, out
+
+
+# train_cell (PARROT, 5 folds x 2 seeds = 10 members, early stopping) on the default mesh; the process
+# writes its params, probabilities, predictions and epochs to `out` (a path without the .npz).
+TRAIN_CELL = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from parrot_jax import distributed as dist
+
+    dist.initialize_multihost()
+    from parrot_jax.models import ModelConfig
+    from parrot_jax.ot import SinkhornOptions
+    from parrot_jax.splits import make_folds
+    from parrot_jax.training import TrainConfig, train_cell
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=120)
+    features = [rng.normal(size=(120, 24)).astype(np.float32) + labels[:, None] * 0.3,
+                rng.normal(size=(120, 16)).astype(np.float32)]
+    sinkhorn = SinkhornOptions(max_iterations=20, threshold=None)  # cheap to compile
+    model = ModelConfig(num_classes=4, filters=(4, 8), latent_dim=8, hidden=8, sinkhorn=sinkhorn)
+    config = TrainConfig(epochs=4, patience=1, seeds=(0, 1), batch_size=16)
+    result = train_cell("parrot", model, features, labels, make_folds(labels, k=5), config)
+    leaves = {f"param_{i}": a for i, a in enumerate(jax.tree_util.tree_leaves(result.params))}
+    np.savez(sys.argv[1], **leaves, probabilities=np.stack([r.probabilities for r in result.runs]),
+             predictions=np.stack([r.predictions for r in result.runs]),
+             epochs=np.array([[r.best_epoch, r.epochs_run] for r in result.runs]))
+    print(json.dumps({"process": jax.process_index(), "devices": dist.make_mesh().devices.size,
+                      "members": len(result.runs)}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_cell_as_one_process_does(tmp_path: Path):
+    """train_cell in 2 jax.distributed processes on localhost (2 CPU devices each: 10 members on 12 lanes
+    of one 4-device mesh, 6 lanes per process) gives every process the one-process result: identical
+    predictions and epochs, params and probabilities within 1e-6."""
+    one = run_with_devices(TRAIN_CELL, devices=1, argv=[str(tmp_path / "one")])
+    assert (one["devices"], one["members"]) == (1, 10)
+    outs = _run_processes(TRAIN_CELL, 2, argv=lambda rank: [str(tmp_path / f"rank{rank}")])
+    assert [(o["process"], o["devices"], o["members"]) for o in outs] == [(0, 4, 10), (1, 4, 10)]
+    with np.load(tmp_path / "one.npz") as saved:
+        reference = dict(saved)
+    for rank in range(2):
+        with np.load(tmp_path / f"rank{rank}.npz") as saved:
+            got = dict(saved)
+        assert got.keys() == reference.keys()
+        assert np.array_equal(got["predictions"], reference["predictions"])
+        assert np.array_equal(got["epochs"], reference["epochs"])
+        for name, value in reference.items():
+            assert got[name].shape == value.shape, name
+            assert np.abs(got[name] - value).max() <= 1e-6, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -297,3 +298,72 @@ def test_packed_cells_write_the_records_of_cells_trained_alone(tmp_path, equal_s
         record = again.records[path.stem]
         assert same_results(record, alone_grid.records[path.stem])
         assert record["timings"]["packed_with"] == [p.stem for p in pairs[1:] if p != path]
+
+
+# A grid run by one of several jax.distributed processes. An audit hook (sys.addaudithook: Python's
+# own record of file operations) lists every file the process creates, writes, renames or removes
+# under the results folder.
+GRID_PROCESS = """
+import hashlib, json, os, sys
+from pathlib import Path
+
+results = os.path.realpath(sys.argv[2])
+touched = []
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)):
+        mode, flags = args[1] or "", args[2] or 0
+        if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            touched.append(("write", args[0]))
+    elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree") and isinstance(args[0], (str, os.PathLike)):
+        touched.append((event, args[1] if event == "os.rename" else args[0]))
+
+sys.addaudithook(audit)
+from parrot_jax import distributed as dist
+
+dist.initialize_multihost()
+import jax
+from parrot_jax import grid
+
+config, provenance = grid.load_config(sys.argv[1])
+outcome = grid.run_grid(config, provenance, echo=lambda _: None)
+ours = sorted({(e, os.path.relpath(os.path.realpath(p), results)) for e, p in touched
+               if os.path.realpath(p).startswith(results + os.sep)})
+digest = lambda value: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "touched": ours,
+                  "renamed": [p for e, p in touched if e == "os.rename" and os.path.realpath(p).startswith(results)],
+                  "records": digest(outcome.records), "tables": digest(outcome.tables),
+                  "status": outcome.status}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_grid_and_only_host_0_writes(tmp_path, equal_store, alone_grid):
+    """Two jax.distributed processes on localhost (2 CPU devices each) run the 6-cell grid packed as 2
+    programs with checkpoints: process 1 creates, writes, renames and removes nothing under the results
+    folder; process 0 writes each cell record once; both return the same records and tables, and the
+    records equal those of the one-process grid trained cell by cell."""
+    from test_distributed import _run_processes
+
+    config = equal_config(equal_store, tmp_path / "results", "two", 3, checkpoints=True)
+    path = tmp_path / "two.py"
+    path.write_text(f"from parrot_jax.grid import GridConfig\n\ndef get_config():\n"
+                    f"    return GridConfig(**{dataclasses.asdict(config)!r})\n")
+    outs = _run_processes(GRID_PROCESS, 2, argv=lambda rank: [str(path), str(tmp_path / "results")])
+    assert [(o["process"], o["devices"]) for o in outs] == [(0, 4), (1, 4)]
+    assert outs[1]["touched"] == [], outs[1]["touched"]
+    run = config.run_dir
+    cell_files = [str(run / "cells" / f"{name}.json") for name in alone_grid.records]
+    renamed = [os.path.realpath(p) for p in outs[0]["renamed"]]
+    assert all(renamed.count(os.path.realpath(p)) == 1 for p in cell_files), renamed
+    assert renamed.count(os.path.realpath(run / "grid.json")) == 1
+    assert outs[0]["records"] == outs[1]["records"] and outs[0]["tables"] == outs[1]["tables"]
+    assert set(outs[0]["status"].values()) == {"new"}
+    for name, record in alone_grid.records.items():
+        assert same_results(json.loads((run / "cells" / f"{name}.json").read_text()), record), name
+        assert (run / "models" / name / "model.json").is_file()
+    for name in ("table1.md", "table2.md", "grid.json"):
+        assert (run / name).is_file()
+    from parrot_jax.predict import load_model
+
+    assert load_model(run / "models" / "demo__parrot__wavlm-base+hubert-base").members == 3  # 3 folds x 1 seed
