@@ -2,6 +2,8 @@
 
     # one cell on 4 simulated CPU devices vs 1 (the flag must be set before jax is imported)
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python bench/sharded_folds.py
+    # 4 cells of equal shapes: one after another, then packed into one program (train_cells)
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python bench/sharded_folds.py --pack 4 --seeds 1
     # a full Table 2 (every pair x Concatenation, PARROT) on CREMA-D-sized random features, all devices
     python bench/sharded_folds.py --table2 --rows 7442 --out table2.jsonl
 
@@ -9,6 +11,11 @@
 a mesh of all devices, and prints both wall times (compilation included, and the median epoch after
 the first), their ratio, and whether the results are identical (predictions, metrics, best epochs;
 largest probability difference).
+
+`--pack K` trains K cells of equal shapes (each its own random features; shared labels and folds) on
+all chosen devices, first one cell after another (`train_cell`), then as one program
+(`train_cells`, members cell x seed x fold), and prints both wall times (compilation included, and
+the summed steady epochs), their ratio, and whether the results are identical.
 
 `--table2` trains the 25 encoder pairs of the paper's Table 2 (registry dims: A(T) 960, A(S) 1920,
 A(B) 3840, W/H/W2/U 768, M 1280) x (concat, parrot) on random features with random labels, with the
@@ -87,6 +94,50 @@ def compare(args: argparse.Namespace) -> None:
     print(f"wall-time ratio sharded / one device: {tn / t1:.2f} (steady epoch: {en / e1:.2f})")
 
 
+def pack(args: argparse.Namespace) -> None:
+    import jax
+
+    from parrot_jax import distributed as dist
+    from parrot_jax.models import ModelConfig
+    from parrot_jax.splits import make_folds
+    from parrot_jax.training import TrainConfig, train_cell, train_cells
+
+    dims = tuple(int(d) for d in args.dims.split(","))
+    _, labels = random_data(args.rows, dims, args.classes)
+    cells = [random_data(args.rows, dims, args.classes, seed=c + 1)[0] for c in range(args.pack)]
+    folds = make_folds(labels, k=args.folds)
+    config = TrainConfig(epochs=args.epochs, seeds=tuple(range(args.seeds)), patience=None)
+    model = ModelConfig(num_classes=args.classes)
+    mesh = dist.make_mesh(dist.select_devices(args.devices))
+    members = args.folds * args.seeds
+    print(f"backend {jax.default_backend()}, {mesh.devices.size} devices; kind {args.kind}, dims {dims}, "
+          f"{args.rows} rows, {args.pack} cells x {members} members (folds x seeds), {args.epochs} epochs, "
+          f"loop {config.loop_form()}")
+    start, steady, alone = time.perf_counter(), 0.0, []
+    for features in cells:
+        clock = EpochClock()
+        alone.append(train_cell(args.kind, model, features, labels, folds, config, clock, mesh=mesh))
+        steady += clock.steady_epoch()
+    t_alone = time.perf_counter() - start
+    lanes = dist.padded_length(members, mesh)
+    print(f"{'alone':>7}: {args.pack} programs of {lanes} lanes, wall {t_alone:7.2f} s (compile included), "
+          f"steady epochs summed {steady:6.3f} s")
+    clock = EpochClock()
+    packed = train_cells(args.kind, model, cells, labels, folds, config, clock, mesh=mesh)
+    t_packed = time.perf_counter() - clock.start
+    lanes = dist.padded_length(args.pack * members, mesh)
+    print(f"{'packed':>7}: 1 program of {lanes} lanes, wall {t_packed:7.2f} s (compile included), "
+          f"steady epoch {clock.steady_epoch():6.3f} s")
+    pairs = [(a, b) for x, y in zip(alone, packed) for a, b in zip(x.runs, y.runs)]
+    same = all(np.array_equal(a.predictions, b.predictions) and a.best_epoch == b.best_epoch for a, b in pairs)
+    prob_diff = max(float(np.abs(a.probabilities - b.probabilities).max()) for a, b in pairs)
+    param_diff = max(float(np.abs(p - q).max()) for x, y in zip(alone, packed)
+                     for p, q in zip(jax.tree_util.tree_leaves(x.params), jax.tree_util.tree_leaves(y.params)))
+    print(f"identical predictions and best epochs: {same}; max |probability difference| {prob_diff:.3g}, "
+          f"max |param difference| {param_diff:.3g}")
+    print(f"wall-time ratio packed / alone: {t_packed / t_alone:.2f} (steady epochs: {clock.steady_epoch() / steady:.2f})")
+
+
 def table2(args: argparse.Namespace) -> None:
     import jax
 
@@ -140,6 +191,7 @@ def table2(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table2", action="store_true", help="a full Table 2 on random features (see above)")
+    p.add_argument("--pack", type=int, default=0, help="K cells alone vs packed into one program (see above)")
     p.add_argument("--devices", default=None, help="all | N | ids:i,j (default: $PARROT_DEVICES or all)")
     p.add_argument("--kind", default="parrot", help="compare: model kind (default parrot)")
     p.add_argument("--dims", default="384,96", help="compare: feature dims of the two inputs")
@@ -156,6 +208,9 @@ def main() -> None:
     if args.table2:
         args.classes, args.seeds = args.classes or 6, args.seeds or 1
         table2(args)
+    elif args.pack:
+        args.classes, args.seeds = args.classes or 7, args.seeds or 1
+        pack(args)
     else:
         args.classes, args.seeds = args.classes or 7, args.seeds or 2
         compare(args)
