@@ -376,7 +376,7 @@ def _train_members(
 ) -> tuple[PyTree, list[int], list[int]]:
     """Train the (cell, seed, fold) members together; return (best params stacked [M, ...], best
     epochs, epochs run). Member (c, s, f) reads rows c * n_rows + r of ``xs`` / ``labels`` (the
-    cells' rows concatenated, see `train_cells`) and standardises with ``stats`` [c, f].
+    cells' rows concatenated, see `train_cells`) and standardises with row m of ``stats`` [M, D_i].
 
     With a `mesh`, the member axis is sharded over its devices, padded to a multiple of the device
     count with copies of the last member (parrot_jax.distributed), and the copies dropped at the end.
@@ -386,8 +386,7 @@ def _train_members(
     if mesh is not None:
         members = list(members) + [members[-1]] * (dist.padded_length(n_real, mesh) - n_real)
     M = len(members)
-    mean = place(tuple(jnp.asarray(np.stack([stats.mean[i][c, f] for c, _, f in members])) for i in range(len(xs))))
-    scale = place(tuple(jnp.asarray(np.stack([stats.scale[i][c, f] for c, _, f in members])) for i in range(len(xs))))
+    mean, scale = place((tuple(map(jnp.asarray, stats.mean)), tuple(map(jnp.asarray, stats.scale))))
     keys = place(_member_keys(members))
     state = place(programs.init(keys, tuple(int(x.shape[1]) for x in xs)))
     best = jax.tree_util.tree_map(jnp.copy, state[0])
@@ -520,18 +519,16 @@ def train_cells(
     cells = [[np.asarray(x, np.float32) for x in features] for features in cells]
     n_inputs, n_rows, K = len(cells[0]), len(labels), len(cells)
 
-    def fold_stats(features: list[np.ndarray]) -> Standardizer:  # [F, D_i] per input
-        fitted = [fit_standardizer(features, fold.train) if config.standardize else None for fold in folds]
-        return Standardizer(
-            tuple(np.stack([s.mean[i] if s else np.zeros(x.shape[1], np.float32) for s in fitted]) for i, x in enumerate(features)),
-            tuple(np.stack([s.scale[i] if s else np.ones(x.shape[1], np.float32) for s in fitted]) for i, x in enumerate(features)),
+    members = [(c, s, f) for c in range(K) for s in config.seeds for f in range(len(folds))]
+    if config.standardize:
+        fitted = {(c, f): fit_standardizer(cells[c], folds[f].train) for c in range(K) for f in range(len(folds))}
+        member_stats = Standardizer(  # [M, D_i] per input
+            tuple(np.stack([fitted[c, f].mean[i] for c, _, f in members]) for i in range(n_inputs)),
+            tuple(np.stack([fitted[c, f].scale[i] for c, _, f in members]) for i in range(n_inputs)),
         )
-
-    per_cell = [fold_stats(features) for features in cells]
-    stats = Standardizer(  # [K, F, D_i] per input
-        tuple(np.stack([p.mean[i] for p in per_cell]) for i in range(n_inputs)),
-        tuple(np.stack([p.scale[i] for p in per_cell]) for i in range(n_inputs)),
-    )
+    else:
+        member_stats = Standardizer(tuple(np.zeros((len(members), x.shape[1]), np.float32) for x in cells[0]),
+                                    tuple(np.ones((len(members), x.shape[1]), np.float32) for x in cells[0]))
     programs = _programs(kind, model_config, config.learning_rate, config.loop_form())
     rows = tuple(np.concatenate([features[i] for features in cells]) if K > 1 else cells[0][i] for i in range(n_inputs))
     all_labels = np.tile(labels.astype(np.int32), K)
@@ -541,22 +538,18 @@ def train_cells(
         xs, y = dist.replicate((rows, all_labels), mesh)
     else:
         xs, y = tuple(jnp.asarray(x) for x in rows), jnp.asarray(all_labels)
-    members = [(c, s, f) for c in range(K) for s in config.seeds for f in range(len(folds))]
-    groups = [members] if config.fold_axis == "vmap" else [[m] for m in members]
+    groups = [list(range(len(members)))] if config.fold_axis == "vmap" else [[m] for m in range(len(members))]
 
     params_parts, best_epochs, epochs_run = [], [], []
     for group in groups:
-        p, b, e = _train_members(programs, group, folds, n_rows, xs, y, all_labels, stats, config, progress,
-                                 mesh if sharded else None)
+        group_stats = Standardizer(tuple(a[group] for a in member_stats.mean), tuple(a[group] for a in member_stats.scale))
+        p, b, e = _train_members(programs, [members[m] for m in group], folds, n_rows, xs, y, all_labels, group_stats,
+                                 config, progress, mesh if sharded else None)
         params_parts.append(p)
         best_epochs += b
         epochs_run += e
     params = params_parts[0] if len(params_parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *params_parts)
 
-    member_stats = Standardizer(
-        tuple(stats.mean[i][[c for c, _, _ in members], [f for _, _, f in members]] for i in range(n_inputs)),
-        tuple(stats.scale[i][[c for c, _, _ in members], [f for _, _, f in members]] for i in range(n_inputs)),
-    )
     mean = tuple(jnp.asarray(a) for a in member_stats.mean)
     scale = tuple(jnp.asarray(a) for a in member_stats.scale)
     test_rows = [folds[f].test + c * n_rows for c, _, f in members]
