@@ -255,7 +255,7 @@ def _run_processes(code: str, count: int, argv: Callable[[int], list[str]] = lam
 @pytest.mark.slow
 def test_two_processes_on_localhost_share_one_mesh():
     """jax.distributed on CPU: 2 processes x 2 devices form one 4-device mesh; each process gets the
-    whole result, equal to its own one-device run, and its own share of rows."""
+    whole result, equal to its own one-device run, its own share of rows, and process 0's decisions."""
     code = TOY_TRAINING + textwrap.dedent(
         """
     dist.initialize_multihost()
@@ -263,7 +263,8 @@ def test_two_processes_on_localhost_share_one_mesh():
     out = compare(mesh)
     out.update(process=jax.process_index(), count=jax.process_count(), devices=len(jax.devices()),
                local=len(jax.local_devices()), rows=list(dist.host_rows(10)),
-               coordinator=dist.is_coordinator())
+               coordinator=dist.is_coordinator(),
+               agreed=dist.from_coordinator(np.array([7 + jax.process_index(), 1], np.int32)).tolist())
     dist.barrier("test-done")
     print(json.dumps(out))
     """
@@ -273,6 +274,7 @@ def test_two_processes_on_localhost_share_one_mesh():
         assert (out["process"], out["count"], out["devices"], out["local"]) == (rank, 2, 4, 2)
         assert out["lanes"] == 6 and out["equal"], out
         assert out["coordinator"] is (rank == 0)
+        assert out["agreed"] == [7, 1]  # process 0's value everywhere
     assert len(outs[0]["spread"]) == len(outs[1]["spread"]) == 2  # each process holds its 2 devices' lanes
     assert outs[0]["rows"] == [0, 1, 2, 3, 4] and outs[1]["rows"] == [5, 6, 7, 8, 9]
 
