@@ -2,8 +2,8 @@
 
 XLA:CPU allocates a program's temporary buffers on every call and frees them after. By default glibc
 gives large freed blocks back to the kernel (munmap, heap trimming, per-thread heaps deleted), so the
-next call touches fresh pages again: about 110 000 page faults and 230 ms of kernel time per PARROT
-training step on a 2-core CPU (a step took 337 ms; 222 ms with these settings).
+next call touches fresh pages again: about 1.5 million page faults per epoch of one PARROT fold of
+Emo-DB's size on a 2-core CPU (4.18 s an epoch; 2.63 s with these settings; bench/train_step.py).
 PyTorch's CPU allocator goes through the same malloc and gains as well.
 
 `keep_freed_memory()` sets, through mallopt(3):

@@ -13,8 +13,8 @@ kernel) is carried out:
   axis is sharded, and slicing it member by member would undo that).
 
 Why: XLA:CPU runs grouped convolutions slowly. A PARROT branch's gradient (dims 3840, batch 32, 5 members)
-took 853 ms with the grouped form and 671 ms with "loop" (one member alone: 110 ms; jax 0.10.2, 2 CPU
-cores); bench/train_folds.py times the whole trainer. GPU/TPU keep JAX's rule (not measured here).
+took 843 ms with the grouped form and 700 ms with "loop" (one member alone: 116 ms; jax 0.10.2, 2 CPU
+cores; bench/train_step.py). GPU/TPU keep JAX's rule (not measured here).
 
 The gradient is a `jax.custom_vjp` whose two backward convolutions (d/dx, d/dkernel) are themselves
 batched by the same rule. Reverse mode, first order, is what training needs and all that is defined.
