@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from parrot_jax import allocator
+
+allocator.keep_freed_memory_if_wanted()  # before JAX allocates anything (PARROT_KEEP_FREED_MEMORY=0: off)
+
 import numpy as np
 
 Embed = Callable[[Sequence[np.ndarray]], np.ndarray]

@@ -32,6 +32,10 @@ import os
 import time
 from pathlib import Path
 
+from parrot_jax import allocator
+
+allocator.keep_freed_memory_if_wanted()  # before JAX allocates anything (PARROT_KEEP_FREED_MEMORY=0: off)
+
 import numpy as np
 
 

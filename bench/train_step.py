@@ -23,6 +23,10 @@ import subprocess
 import sys
 import time
 
+from parrot_jax import allocator
+
+allocator.keep_freed_memory_if_wanted()  # before JAX allocates anything (PARROT_KEEP_FREED_MEMORY=0: off)
+
 import jax
 import jax.numpy as jnp
 import numpy as np

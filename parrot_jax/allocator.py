@@ -11,8 +11,13 @@ PyTorch's CPU allocator goes through the same malloc and gains as well.
     M_MMAP_MAX = 0               large blocks come from that heap too, not from fresh mappings
     M_TRIM_THRESHOLD = 2^31 - 1  never hand the heap's free top back to the kernel
 so the process keeps its peak memory until it exits. Linux with glibc only; a no-op elsewhere.
-`import parrot_jax` applies it unless the environment has PARROT_KEEP_FREED_MEMORY=0. The arena limit
-only holds for threads that have not allocated yet: import parrot_jax before running anything in JAX
+Opt-in: importing parrot_jax changes nothing. The `parrot` command and the benchmarks call it first
+thing unless the environment has PARROT_KEEP_FREED_MEMORY=0; a library user calls it themselves:
+
+    from parrot_jax import allocator
+    allocator.keep_freed_memory()   # before anything runs in JAX
+
+The arena limit only holds for threads that have not allocated yet, hence "before anything runs"
 (or set MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 in the environment).
 """
 
@@ -37,8 +42,14 @@ def keep_freed_memory() -> bool:
 
 
 def wanted(environ: dict[str, str] | None = None) -> bool:
-    """Whether `import parrot_jax` should call keep_freed_memory(): unless PARROT_KEEP_FREED_MEMORY=0."""
+    """Whether the `parrot` command and the benchmarks call keep_freed_memory(): unless PARROT_KEEP_FREED_MEMORY=0."""
     value = (os.environ if environ is None else environ).get(ENV_VAR, "1").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{ENV_VAR} must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+def keep_freed_memory_if_wanted() -> bool:
+    """What the `parrot` command and the benchmarks call first: `keep_freed_memory()` unless
+    PARROT_KEEP_FREED_MEMORY=0; True if the settings are now in force."""
+    return wanted() and keep_freed_memory()

@@ -1,18 +1,18 @@
 """The `parrot` command: extract, verify-corpus, grid, predict, demo.
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and sets
-`run`; the work itself lives in the library modules.
+`handler`; the work itself lives in the library modules. All argument parsing of the project is here.
+Library errors (bad values, missing files) become one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
-def _add_extract(sub: argparse._SubParsersAction) -> None:  # issue 3
-    from pathlib import Path
-
+def _add_extract(sub: argparse._SubParsersAction) -> None:
     from parrot_jax.corpora import CORPORA
 
     p = sub.add_parser("extract", help="embed a corpus with one or more encoders into the feature store")
@@ -30,16 +30,11 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:  # issue 3
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from parrot_jax.features import extract, resolve_checkpoints
+        from parrot_jax.extraction import extract, resolve_checkpoints
 
         names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        explicit = {}
-        for item in args.checkpoint:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise SystemExit(f"parrot extract: --checkpoint expects NAME=PATH, got {item!r}")
-            explicit[name.strip()] = Path(path)
         try:
+            explicit = _name_paths(args.checkpoint, "--checkpoint")
             checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
             summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
                               progress=not args.no_progress)  # fmt: skip
@@ -49,12 +44,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:  # issue 3
         print(summary.text())
         return 0
 
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
-def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:  # issue 3
-    from pathlib import Path
-
+def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:
     from parrot_jax.corpora import CORPORA
 
     p = sub.add_parser("verify-corpus", help="check a copy of a corpus (counts, missing/extra/corrupt files)")
@@ -81,20 +74,66 @@ def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:  # issue 3
         print("OK" if report.ok else "PROBLEMS FOUND")
         return 0 if report.ok else 1
 
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
-def _add_grid(sub: argparse._SubParsersAction) -> None:  # issue 6
-    from parrot_jax import grid
+GRID_SHORTHANDS = {  # flag -> the config key it sets
+    "run": "run", "features": "features", "results": "results", "corpora": "corpora", "encoders": "encoders",
+    "protocol": "protocol", "seeds": "seeds", "folds": "folds", "epochs": "train.epochs",
+}  # fmt: skip
 
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `parrot grid` (also experiments/run_grid.py's)."""
+    parser.add_argument("--config", default=None, help="a Python config file with get_config(), or a packaged "
+                        "config's name: paper (default), demo, emodb_classical")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, dotted for nested ones (train.patience=none, "
+                        "model.sinkhorn.epsilon=0.1)")  # fmt: skip
+    for flag, key in GRID_SHORTHANDS.items():
+        parser.add_argument(f"--{flag}", default=None, help=f"shorthand for --set {key}=...")
+    parser.add_argument("--ablations", action="store_true", help="also run HP-only and OT-only (Table 2)")
+    parser.add_argument("--checkpoints", action="store_true", help="save each neural cell's models (orbax)")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+
+
+def grid_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides the grid arguments stand for (--set first, then the shorthands)."""
+    out = list(args.set)
+    out += [f"{key}={getattr(args, flag)}" for flag, key in GRID_SHORTHANDS.items() if getattr(args, flag) is not None]
+    out += ["ablations=true"] if args.ablations else []
+    out += ["checkpoints=true"] if args.checkpoints else []
+    return out
+
+
+def run_grid_command(args: argparse.Namespace) -> int:
+    """Run the grid the arguments describe; print the tables (on the coordinator)."""
+    from parrot_jax import distributed as dist
+    from parrot_jax.config import load_config
+    from parrot_jax.grid import run_grid
+
+    try:
+        config, provenance = load_config(args.config, grid_overrides(args))
+        provenance["argv"] = sys.argv
+        outcome = run_grid(config, provenance, dry_run=args.dry_run)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"parrot grid: error: {error}", file=sys.stderr)
+        return 1
+    if not args.dry_run and dist.is_coordinator():
+        for table, text in outcome.tables.items():
+            print(f"\n## Table {table} ({config.protocol} {config.folds}-fold, {len(config.seeds)} seed(s))\n")
+            print(text)
+        print(f"results in {config.run_dir}/ ({outcome.seconds:.1f} s)")
+    return 0
+
+
+def _add_grid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("grid", help="run the paper's Table 1 / Table 2 grid")
-    grid.add_arguments(p)
-    p.set_defaults(run=grid.command)
+    add_grid_arguments(p)
+    p.set_defaults(handler=run_grid_command)
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:  # issue 6
-    from pathlib import Path
-
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="emotion and class probabilities of new recordings")
     p.add_argument("files", nargs="+", type=Path, help="audio files")
     p.add_argument("--model", type=Path, required=True,
@@ -110,16 +149,45 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # issue 6
                    help="checkpoint folder of an encoder that needs one")
 
     def run(args: argparse.Namespace) -> int:
-        from parrot_jax import predict
+        from parrot_jax.cells import encoder_order
+        from parrot_jax.features import available_features
+        from parrot_jax.predict import format_predictions, predict_files, train_on_corpus
+        from parrot_jax.saved_model import load_model, save_model
+        from parrot_jax.training import TrainConfig
 
-        return predict.command(args)
+        try:
+            checkpoints = _name_paths(args.checkpoint, "--checkpoint")
+            if (args.model / "model.json").is_file():
+                model = load_model(args.model)
+                print(f"model {args.model}: {model.kind} on {'+'.join(model.encoders)}, {model.members} member(s)")
+            elif args.corpus:
+                stored = available_features(args.features).get(args.corpus, [])
+                encoders = args.encoders.split(",") if args.encoders else encoder_order(stored)
+                missing = [e for e in encoders if e not in stored]
+                if missing:
+                    raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in "
+                                     f"{args.features}")
+                model, scores = train_on_corpus(args.features, args.corpus, args.kind, encoders,
+                                                TrainConfig(epochs=args.epochs), holdout=args.holdout,
+                                                val_fraction=args.val_fraction)
+                save_model(args.model, model)
+                print(f"trained {args.kind} on {args.corpus} ({'+'.join(encoders)}): {scores['train_rows']} rows; "
+                      f"held-out accuracy {100 * scores['accuracy']:.1f}% on {scores['holdout_rows']} rows; "
+                      f"saved to {args.model}")
+            else:
+                raise FileNotFoundError(f"{args.model} holds no saved model (model.json missing); "
+                                        "pass --corpus NAME to train one on a corpus's stored features")
+            predictions = predict_files(model, args.files, checkpoints)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"parrot predict: error: {error}", file=sys.stderr)
+            return 1
+        print(format_predictions(predictions, model.class_names))
+        return 0
 
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:  # issue 6
-    from pathlib import Path
-
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic corpus")
     p.add_argument("--out", type=Path, default=Path("results/demo"), help="working folder (default: results/demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
@@ -129,10 +197,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # issue 6
 
         return demo.run(args.out, epochs=args.epochs)
 
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
+
+
+def _name_paths(items: list[str], flag: str) -> dict[str, Path]:
+    """{NAME: PATH} of repeated ``NAME=PATH`` arguments; a ValueError naming the flag and the bad item."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path:
+            raise ValueError(f"{flag} expects NAME=PATH, got {item!r}")
+        out[name.strip()] = Path(path)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `parrot` command. Turns on the process's malloc settings (`allocator`) unless
+    PARROT_KEEP_FREED_MEMORY=0, before anything else runs."""
+    from parrot_jax import allocator
+
+    allocator.keep_freed_memory_if_wanted()
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "
                         "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
@@ -141,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
     args = parser.parse_args(argv)
     _use_devices(parser, args.devices)
-    return int(args.run(args) or 0)
+    return int(args.handler(args) or 0)
 
 
-def _use_devices(parser: argparse.ArgumentParser, spec: str | None) -> None:  # issue 7
+def _use_devices(parser: argparse.ArgumentParser, spec: str | None) -> None:
     """Join the other hosts (jax.distributed, when launched as several processes), then check and
     record the device choice for the library (`PARROT_DEVICES`)."""
     import os

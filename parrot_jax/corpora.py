@@ -19,7 +19,6 @@ the root (no ``..``, no absolute paths, no symlinks leading out); anything else 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections import Counter
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from parrot_jax.files import sha256_file
 
 # The shared label vocabulary (alphabetical). Emo-DB uses 7 of them, CREMA-D and MESD 6, the demo 4;
 # calm and surprise are there for CSV corpora such as RAVDESS.
@@ -228,11 +229,6 @@ class CorpusReport:
         return not (self.count_mismatches or self.missing or self.extra or self.corrupt or self.unreadable)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def read_file_list(path: Path) -> dict[str, tuple[str, int]]:
     """An official file list, TSV with header ``file  sha256  size_bytes`` -> {file: (sha256, size)}."""
     with open(path, newline="", encoding="utf-8") as f:
@@ -266,7 +262,7 @@ def verify_corpus(corpus: str, root: Path, file_list: Path | None = None) -> Cor
         for name in sorted(set(official) & set(on_disk)):
             sha, size = official[name]
             path = on_disk[name]
-            if path.stat().st_size != size or _sha256(path) != sha:
+            if path.stat().st_size != size or sha256_file(path) != sha:
                 report.corrupt.append(name)
     return report
 
@@ -378,4 +374,19 @@ def generate_demo_corpus(root: Path, seed: int = 0, n_speakers: int = 6, n_texts
                 sf.write(root / "wav" / f"{s + 1:02d}{code}{letter}a.wav", wave, DEMO_SAMPLE_RATE, subtype="PCM_16")
     stamp = {"seed": seed, "n_speakers": n_speakers, "n_texts": n_texts, "emotions": list(DEMO_EMOTIONS.values())}
     (root / "DEMO.json").write_text(json.dumps(stamp, indent=1) + "\n")
+    return root
+
+
+DEFAULT_DEMO_ROOT = Path("demo_corpus")  # where `demo_corpus_root(None)` generates the demo corpus
+
+
+def demo_corpus_root(root: Path | None = None) -> Path:
+    """The demo corpus's folder (default ``demo_corpus/``), generated there first when it holds none.
+
+    Refuses to write into a folder that is neither empty nor a demo corpus (no ``DEMO.json``)."""
+    root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
+    if not (root / "DEMO.json").is_file():
+        if root.exists() and any(root.iterdir()):
+            raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: not writing there")
+        generate_demo_corpus(root)
     return root

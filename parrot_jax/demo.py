@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from parrot_jax.grid import load_config, run_grid
+from parrot_jax.config import CONFIGS, load_config, train_config
+from parrot_jax.grid import run_grid
 
 ENCODERS = ("mfcc-stats", "logmel-stats")
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.py"
+DEMO_CONFIG = CONFIGS / "demo.py"
 BANNER = (
     "parrot demo: the synthetic demo corpus (4 emotions) through the whole pipeline.\n"
     "Two classical feature sets, MFCC statistics (mfcc-stats) and log-mel statistics (logmel-stats), stand in\n"
@@ -26,9 +27,9 @@ BANNER = (
 def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int = 0) -> int:
     """Generate, extract, run the grid, write tables/figures, train and predict; print as it goes."""
     from parrot_jax.corpora import generate_demo_corpus
-    from parrot_jax.features import extract
-    from parrot_jax.predict import format_predictions, predict_files, save_model, train_on_corpus
-    from parrot_jax.training import TrainConfig
+    from parrot_jax.extraction import extract
+    from parrot_jax.predict import format_predictions, predict_files, train_on_corpus
+    from parrot_jax.saved_model import save_model
 
     start = time.perf_counter()
     out = Path(out)
@@ -46,8 +47,7 @@ def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int =
         print(f"\n## Table {table} (demo corpus, {config.protocol} {config.folds}-fold)\n\n{text}")
     print(f"tables and figures in {config.run_dir}/\n")
 
-    train = TrainConfig(**config.train)
-    model, scores = train_on_corpus(config.features, "demo", "parrot", ENCODERS, train, seed=seed)
+    model, scores = train_on_corpus(config.features, "demo", "parrot", ENCODERS, train_config(config), seed=seed)
     save_model(out / "model", model)
     print(f"PARROT trained on the demo corpus: held-out accuracy {100 * scores['accuracy']:.1f}% "
           f"({scores['holdout_rows']} rows); saved to {out / 'model'}")

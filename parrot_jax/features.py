@@ -1,6 +1,6 @@
-"""The feature store: one float32 matrix per (corpus, encoder), written atomically and resumably.
+"""The feature store: where features live, how they are read back and checked, and what they record.
 
-Layout under ``out/<corpus>/``:
+Layout under ``out/<corpus>/`` (written by `parrot_jax.extraction.extract`):
 
 - ``manifest.json``: the corpus manifest (every utterance, in `load_manifest` order). Its hash is
   sha256 of the canonical JSON of the utterance list (sorted keys, no spaces).
@@ -10,79 +10,26 @@ Layout under ``out/<corpus>/``:
   whether a finished cell is still valid), rejects, package version. Written last: its presence with a
   matching fingerprint is what "finished" means.
 - ``<encoder>.rejects.tsv``: ``id  path  reason`` of each file left out (``on_error="skip"``).
+- ``.partial/<encoder>/``: the finished chunks of an interrupted extraction.
 
-Resumability: the manifest is cut into chunks of ``batch_size`` consecutive utterances; each finished chunk
-is written atomically (temporary file, fsync, rename) to ``.partial/<encoder>/chunk_<k>.npz``. A run killed
-at any point (SIGKILL included) and started again skips the chunks already there, then assembles the same
-bytes an uninterrupted run writes. Partial work is discarded when the fingerprint (encoder metadata, manifest
-hash, batch size, on_error) changes. One extraction at a time per store (no locking).
+`load_features` reads one (corpus, encoder) entry and verifies it; `load_corpus` joins a corpus's
+entries into aligned matrices (`CorpusData`), refusing sets whose utterances or labels disagree.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from parrot_jax import __version__
-from parrot_jax.audio import AudioError, check_length, load_audio
-from parrot_jax.corpora import LABELS, Utterance, generate_demo_corpus, load_manifest, resolve_inside
-from parrot_jax.encoders import registry
+from parrot_jax.corpora import LABELS, Utterance
+from parrot_jax.files import sha256_file, sha256_json, write_json
 
 FORMAT_VERSION = 1
-DEFAULT_DEMO_ROOT = Path("demo_corpus")  # where `extract(corpus="demo", root=None)` generates the demo
 MMAP_BYTES = 64 << 20  # load_features memory-maps matrices larger than this by default
-ON_ERROR = ("raise", "skip")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# --------------------------------------------------------------------------------------------------------
-# small file helpers
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` so that it is either absent/old or complete: temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(value, indent=1, sort_keys=True) + "\n").encode()))
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _json_sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _remove_temporaries(folder: Path) -> None:
-    for leftover in folder.glob(".*.tmp-*"):  # from a killed run
-        leftover.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -91,7 +38,7 @@ def _remove_temporaries(folder: Path) -> None:
 
 def manifest_sha256(manifest: Sequence[Utterance]) -> str:
     """sha256 of the canonical JSON of the manifest's utterances (the store's manifest hash)."""
-    return _json_sha256([u.to_dict() for u in manifest])
+    return sha256_json([u.to_dict() for u in manifest])
 
 
 def read_store_manifest(out: Path, corpus: str) -> list[Utterance]:
@@ -102,12 +49,12 @@ def read_store_manifest(out: Path, corpus: str) -> list[Utterance]:
     return [Utterance(**u) for u in json.loads(path.read_text())["utterances"]]
 
 
-def _write_store_manifest(store: Path, corpus: str, manifest: Sequence[Utterance]) -> None:
+def write_store_manifest(store: Path, corpus: str, manifest: Sequence[Utterance]) -> None:
     path = store / "manifest.json"
     digest = manifest_sha256(manifest)
     if path.is_file() and json.loads(path.read_text()).get("manifest_sha256") == digest:
         return
-    _write_json(path, {"corpus": corpus, "manifest_sha256": digest, "utterances": [u.to_dict() for u in manifest]})
+    write_json(path, {"corpus": corpus, "manifest_sha256": digest, "utterances": [u.to_dict() for u in manifest]})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -144,10 +91,11 @@ class FeatureSet:
 
 def features_sha256(out: Path, corpus: str, encoder: str) -> str:
     """The recorded content hash of a finished store entry, without reading the matrix."""
-    return _read_metadata(Path(out) / corpus, corpus, encoder)["features_sha256"]
+    return read_metadata(Path(out) / corpus, corpus, encoder)["features_sha256"]
 
 
-def _read_metadata(store: Path, corpus: str, encoder: str) -> dict[str, Any]:
+def read_metadata(store: Path, corpus: str, encoder: str) -> dict[str, Any]:
+    """The ``<encoder>.json`` of the store folder `store` (= ``out/<corpus>``)."""
     path = store / f"{encoder}.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -173,7 +121,7 @@ def load_features(
     sha256 against the recorded content hash.
     """
     store = Path(out) / corpus
-    meta = _read_metadata(store, corpus, encoder)
+    meta = read_metadata(store, corpus, encoder)
     stored = read_store_manifest(out, corpus)
     stored_hash = manifest_sha256(stored)
     if stored_hash != meta["manifest_sha256"]:
@@ -188,7 +136,7 @@ def load_features(
             f"{store} was extracted from ({stored_hash[:12]}): re-run extraction of {encoder!r}"
         )
     path = store / f"{encoder}.npy"
-    if verify and _file_sha256(path) != meta["features_sha256"]:
+    if verify and sha256_file(path) != meta["features_sha256"]:
         raise ValueError(f"{path}: content hash differs from {meta['features_sha256'][:12]} recorded in its .json")
     if mmap is None:
         mmap = path.stat().st_size > MMAP_BYTES
@@ -201,384 +149,54 @@ def load_features(
     return FeatureSet(matrix, tuple(meta["ids"]), tuple(u.label for u in rows), tuple(u.speaker for u in rows), meta)
 
 
+def available_features(root: str | Path) -> dict[str, list[str]]:
+    """{corpus: [encoder, ...]} of the finished entries under ``root/<corpus>/<encoder>.npy`` (with .json)."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    found: dict[str, list[str]] = {}
+    for npy in sorted(root.glob("*/*.npy")):
+        if npy.with_suffix(".json").is_file():
+            found.setdefault(npy.parent.name, []).append(npy.stem)
+    return found
+
+
 # --------------------------------------------------------------------------------------------------------
-# extraction
+# a corpus's feature sets joined
 
 
 @dataclass
-class EncoderSummary:
-    encoder: str
-    rows: int
-    rejects: int
-    computed_files: int  # files embedded in this run (0 where the store was already up to date)
-    reused_files: int  # files whose rows came from an earlier (interrupted or finished) run
-    features_sha256: str
-
-
-@dataclass
-class ExtractSummary:
-    """What `extract` did: `seconds` of wall time, `audio_seconds` of the manifest's audio."""
+class CorpusData:
+    """The feature matrices of one corpus's encoders, rows aligned by utterance id."""
 
     corpus: str
-    files: int  # in the manifest
-    processed_files: int  # read and embedded (by every encoder that needed them) in this run
-    processed_audio_seconds: float
-    seconds: float
-    encoders: list[EncoderSummary] = field(default_factory=list)
-
-    @property
-    def files_per_second(self) -> float:
-        """Processed files per second of wall time (all encoders of the run together)."""
-        return self.processed_files / self.seconds if self.seconds > 0 else float("nan")
-
-    @property
-    def real_time_factor(self) -> float:
-        """Wall seconds per second of processed audio (below 1: faster than real time)."""
-        return self.seconds / self.processed_audio_seconds if self.processed_audio_seconds > 0 else float("nan")
-
-    def text(self) -> str:
-        lines = [f"corpus {self.corpus}: {self.files} files, {self.processed_files} processed in this run"]
-        for e in self.encoders:
-            lines.append(
-                f"  {e.encoder}: {e.rows} rows, {e.rejects} rejects, {e.computed_files} computed, "
-                f"{e.reused_files} reused, sha256 {e.features_sha256[:12]}"
-            )
-        lines.append(
-            f"{self.seconds:.1f} s, {self.files_per_second:.1f} files/s, real-time factor {self.real_time_factor:.4f} "
-            f"({self.processed_audio_seconds:.1f} s of audio)"
-        )
-        return "\n".join(lines)
+    ids: list[str]
+    labels: np.ndarray  # int class ids [N]
+    class_names: tuple[str, ...]
+    speakers: np.ndarray | None
+    matrices: dict[str, np.ndarray]  # encoder -> float32 [N, D]
+    hashes: dict[str, str]  # encoder -> content hash of its feature file
+    metadata: dict[str, dict]  # encoder -> the store's metadata
 
 
-def resolve_checkpoints(
-    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
-) -> dict[str, Path]:
-    """Checkpoint folder per encoder that needs one: `explicit[name]`, else `checkpoint_dir/name`."""
-    explicit = dict(explicit or {})
-    folders = {}
-    for name in names:
-        if not registry.entry(name).needs_checkpoint:
-            if name in explicit:
-                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
-            continue
-        if name in explicit:
-            folders[name] = Path(explicit[name])
-        elif checkpoint_dir is not None:
-            folders[name] = Path(checkpoint_dir) / name
-        else:
-            raise ValueError(
-                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
-                f"{name}/) or --checkpoint {name}=PATH"
-            )
-        if not folders[name].is_dir():
-            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
-    return folders
-
-
-def _build(name_or_encoder: Any, checkpoints: Mapping[str, Path]) -> registry.Encoder:
-    if not isinstance(name_or_encoder, str):
-        return name_or_encoder
-    return registry.build(name_or_encoder, checkpoints.get(name_or_encoder))
-
-
-@dataclass
-class _Job:
-    """One encoder's extraction: where its chunks go and which are still to do."""
-
-    encoder: registry.Encoder
-    encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
-    fingerprint: str
-    partial: Path
-    todo: set[int]
-    reused_files: int = 0
-    computed_files: int = 0
-
-
-def _fingerprint(
-    encoder: registry.Encoder, encoder_metadata: dict[str, Any], manifest_hash: str, batch_size: int, on_error: str
-) -> str:
-    return _json_sha256(
-        {"name": encoder.name, "metadata": encoder_metadata, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
-         "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
-         "on_error": on_error, "format_version": FORMAT_VERSION}
-    )  # fmt: skip
-
-
-def _chunk_path(partial: Path, k: int) -> Path:
-    return partial / f"chunk_{k:06d}.npz"
-
-
-def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
-    meta_path, npy_path = store / f"{name}.json", store / f"{name}.npy"
-    if not (meta_path.is_file() and npy_path.is_file()):
-        return False
-    meta = json.loads(meta_path.read_text())
-    return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == _file_sha256(npy_path)
-
-
-def _start_job(
-    store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
-) -> _Job:
-    partial = store / ".partial" / encoder.name
-    state = partial / "state.json"
-    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
-        shutil.rmtree(partial)  # work of another encoder config, manifest or batch size
-    partial.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(partial)
-    if not state.is_file():
-        _write_json(state, {"fingerprint": fingerprint})
-    todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
-    return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
-
-
-def _embed_chunk(
-    job: _Job,
-    k: int,
-    chunk: Sequence[Utterance],
-    waves: Mapping[str, np.ndarray | AudioError],
-    root: Path,
-    on_error: str,
-) -> None:
-    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons.
-
-    A file is rejected (or, with on_error="raise", raises AudioError naming it) where its audio is bad, it
-    is shorter than the encoder's `min_samples`, or the encoder gives it a non-finite embedding.
-    """
-    encoder = job.encoder
-    problems: dict[int, str] = {}
-    batch, batch_index = [], []
-    for i, u in enumerate(chunk):
-        wave = waves[u.id]
-        try:
-            if isinstance(wave, AudioError):
-                raise wave
-            check_length(wave, encoder.min_samples, root / u.path, f"encoder {encoder.name!r}", encoder.sample_rate)
-        except AudioError as error:
-            if on_error == "raise":
-                raise
-            problems[i] = error.problem
-            continue
-        batch.append(wave)
-        batch_index.append(i)
-    rows = np.zeros((0, encoder.dim), np.float32)
-    if batch:
-        rows = np.asarray(encoder.embed_batch(batch))
-        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim):
-            raise ValueError(
-                f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} for a batch of {len(batch)}; "
-                f"expected float32 {[len(batch), encoder.dim]}"
-            )
-        finite = np.all(np.isfinite(rows), axis=1)
-        for i in np.asarray(batch_index)[~finite]:
-            error = AudioError(root / chunk[i].path, f"encoder {encoder.name!r} gave a non-finite (NaN/Inf) embedding")
-            if on_error == "raise":
-                raise error
-            problems[int(i)] = error.problem
-        rows = rows[finite]
-    accepted = [i not in problems for i in range(len(chunk))]
-    reasons = [problems.get(i, "") for i in range(len(chunk))]
-    arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str)}
-    _atomic_write(_chunk_path(job.partial, k), lambda f: np.savez(f, **arrays))
-    job.computed_files += len(chunk)
-
-
-def _load_waves(chunk: Sequence[Utterance], root: Path, sample_rate: int) -> dict[str, np.ndarray | AudioError]:
-    """Each utterance's waveform at `sample_rate`, or the AudioError saying why it has none."""
-    waves: dict[str, np.ndarray | AudioError] = {}
-    for u in chunk:
-        try:
-            waves[u.id] = load_audio(resolve_inside(root, u.path), sample_rate)
-        except AudioError as error:
-            waves[u.id] = error
-    return waves
-
-
-def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
-    """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(sum(len(c) for c in chunks), dim))
-    start = 0
-    for rows in chunks:
-        matrix[start : start + len(rows)] = rows
-        start += len(rows)
-    matrix.flush()
-    del matrix
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _finish(
-    job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str
-) -> EncoderSummary:
-    """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit)."""
-    encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
-    rows, accepted, reasons = [], [], []
-    for k in range(n_chunks):
-        with np.load(_chunk_path(job.partial, k), allow_pickle=False) as chunk:
-            rows.append(chunk["rows"])
-            accepted += chunk["accepted"].tolist()
-            reasons += chunk["reasons"].tolist()
-    rejects = [{"id": u.id, "path": u.path, "reason": r} for u, ok, r in zip(manifest, accepted, reasons) if not ok]
-    if len(rejects) == len(manifest):
-        raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
-    npy = store / f"{encoder.name}.npy"
-    _write_matrix(npy, rows, encoder.dim)
-    cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
-    tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
-    _atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
-    encoder_metadata = job.encoder_metadata
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "corpus": corpus,
-        "encoder": encoder.name,
-        "encoder_metadata": encoder_metadata,
-        "pooling": encoder_metadata.get("pooling"),
-        "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
-        "dim": encoder.dim,
-        "sample_rate": encoder.sample_rate,
-        "min_samples": encoder.min_samples,
-        "batch_size": batch_size,
-        "on_error": on_error,
-        "manifest_sha256": manifest_sha256(manifest),
-        "features_sha256": _file_sha256(npy),
-        "fingerprint": job.fingerprint,
-        "ids": [u.id for u, ok in zip(manifest, accepted) if ok],
-        "rejects": rejects,
-    }
-    _write_json(store / f"{encoder.name}.json", meta)
-    _remove_partial(job.partial)
-    return EncoderSummary(encoder.name, len(meta["ids"]), len(rejects), job.computed_files, job.reused_files,
-                          meta["features_sha256"])  # fmt: skip
-
-
-def _remove_partial(partial: Path) -> None:
-    shutil.rmtree(partial, ignore_errors=True)
-    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
-        partial.parent.rmdir()
-
-
-def _corpus_root(corpus: str, root: Path | None) -> Path:
-    if corpus == "demo":
-        root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
-        if not (root / "DEMO.json").is_file():
-            if root.exists() and any(root.iterdir()):
-                raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: not writing there")
-            generate_demo_corpus(root)
-        return root
-    if root is None:
-        raise ValueError(f"corpus {corpus!r} needs --root (the folder holding its audio files)")
-    return Path(root)
-
-
-def extract(
-    corpus: str,
-    root: Path | None,
-    encoders: Sequence[str | registry.Encoder],
-    out: Path,
-    batch_size: int = 16,
-    on_error: str = "raise",
-    checkpoints: Mapping[str, Path] | None = None,
-    progress: bool = True,
-    devices: str | None = None,
-) -> ExtractSummary:
-    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
-
-    `encoders`: registry names (built with `checkpoints[name]` where they need a folder) or built Encoder
-    objects. `batch_size` utterances are loaded (once for all encoders) and embedded together. `on_error`:
-    "raise" stops at the first bad file (AudioError naming it); "skip" leaves it out and lists it with its
-    reason in `<encoder>.rejects.tsv`. An encoder whose finished store matches (same fingerprint and content
-    hash) is not recomputed; an interrupted one resumes from its finished chunks. For corpus "demo" with no
-    root, the demo corpus is generated in `demo_corpus/` first.
-
-    Devices and hosts (`parrot_jax.distributed`): `devices` (default `$PARROT_DEVICES`, else all) picks the
-    devices; encoders with ``use_devices`` split each batch over this host's chosen ones. Under several
-    processes (jax.distributed) each host embeds its own contiguous share of the chunks into the shared
-    `.partial/` folder (`out` must be on a filesystem every host sees); host 0 prepares the store first
-    and alone assembles the matrices and metadata, so the store is written exactly as by one process.
-    """
-    from parrot_jax import distributed as dist
-
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    root = _corpus_root(corpus, root)  # generating the demo corpus is not part of the timing
-    start = time.perf_counter()
-    manifest = load_manifest(corpus, root)
-    digest = manifest_sha256(manifest)
-    built = [_build(e, checkpoints or {}) for e in encoders]
-    names = [e.name for e in built]
-    for name in names:
-        if not _NAME.match(name):
-            raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
-    if len(set(names)) != len(names):
-        raise ValueError(f"encoders given twice: {names}")
-    mesh = dist.local_mesh(dist.make_mesh(dist.select_devices(devices)))
-    for encoder in built:
-        if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
-            encoder.use_devices(mesh)
-    store = Path(out) / corpus
-    if dist.is_coordinator():
-        store.mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(store)
-        _write_store_manifest(store, corpus, manifest)
-    n_chunks = -(-len(manifest) // batch_size)
-    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
-    if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
-    dist.barrier(f"extract {store}: planned on host 0")
-    if not dist.is_coordinator():
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
-    dist.barrier(f"extract {store}: planned")
-
-    mine = set(dist.host_rows(n_chunks))
-    todo = sorted(set().union(*(job.todo for job in jobs)) & mine)
-    processed = [u for k in todo for u in chunk(k)]
-    from tqdm import tqdm
-
-    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
-        for k in todo:
-            needed = [job for job in jobs if k in job.todo]
-            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
-            for job in needed:
-                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
-            bar.update(len(chunk(k)))
-    dist.barrier(f"extract {store}: embedded")
-    for job in jobs:
-        if dist.is_coordinator():
-            summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
-    dist.barrier(f"extract {store}: finished")
-    for job in jobs:
-        if not dist.is_coordinator():
-            meta = _read_metadata(store, corpus, job.encoder.name)
-            summaries[job.encoder.name] = EncoderSummary(job.encoder.name, len(meta["ids"]), len(meta["rejects"]),
-                                                         job.computed_files, job.reused_files, meta["features_sha256"])
-    audio_seconds = sum(u.duration for u in processed if u.duration is not None)
-    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
-                          [summaries[name] for name in names])  # fmt: skip
-
-
-def _plan_jobs(
-    built: Sequence[registry.Encoder], store: Path, corpus: str, manifest: Sequence[Utterance], digest: str,
-    batch_size: int, on_error: str, n_chunks: int,
-) -> tuple[dict[str, EncoderSummary], list[_Job]]:
-    """Summaries of the encoders already up to date, and a job (chunks to do) for each other one."""
-    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
-    summaries: dict[str, EncoderSummary] = {}
-    jobs: list[_Job] = []
-    for encoder in built:
-        encoder_metadata = encoder.metadata()
-        fingerprint = _fingerprint(encoder, encoder_metadata, digest, batch_size, on_error)
-        if _up_to_date(store, encoder.name, fingerprint):
-            _remove_partial(store / ".partial" / encoder.name)
-            meta = _read_metadata(store, corpus, encoder.name)
-            summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
-                                                     len(manifest), meta["features_sha256"])  # fmt: skip
-            continue
-        job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
-        job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
-        jobs.append(job)
-    return summaries, jobs
+def load_corpus(root: str | Path, corpus: str, encoders: Sequence[str]) -> CorpusData:
+    """Read the corpus's feature sets; refuse sets whose utterances or labels disagree."""
+    sets = {e: load_features(Path(root), corpus, e) for e in encoders}
+    first_name, first = next(iter(sets.items()))
+    ids = list(first.ids)
+    matrices, hashes, metadata = {}, {}, {}
+    for name, fs in sets.items():
+        order = {i: r for r, i in enumerate(fs.ids)}
+        if set(order) != set(ids):
+            raise ValueError(f"{root}/{corpus}: features of {name} and {first_name} cover different utterances "
+                             f"({len(order)} vs {len(ids)} ids); extract both from the same corpus copy")
+        rows = np.array([order[i] for i in ids])
+        if list(np.asarray(fs.labels)[rows]) != list(first.labels):
+            raise ValueError(f"{root}/{corpus}: labels of {name} disagree with {first_name}")
+        matrices[name] = np.asarray(fs.matrix, np.float32)[rows]
+        hashes[name] = fs.sha256
+        metadata[name] = fs.metadata
+    class_names = first.classes
+    labels = first.y.astype(np.int64)
+    speakers = None if first.speakers is None or any(s is None for s in first.speakers) else np.asarray(first.speakers)
+    return CorpusData(corpus, ids, labels, class_names, speakers, matrices, hashes, metadata)

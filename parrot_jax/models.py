@@ -27,8 +27,9 @@ treat rows independently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -111,6 +112,18 @@ class ModelConfig:
                 length -= self.kernel_size - 1
             length = max(length, 0) // self.pool_size
         return length
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: tuples as lists, ``sinkhorn`` as a dict of its options."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> "ModelConfig":
+        """The inverse of `to_dict` (lists back to tuples, ``sinkhorn`` a dict of `SinkhornOptions` fields)."""
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        if isinstance(options.get("sinkhorn"), Mapping):
+            options["sinkhorn"] = SinkhornOptions(**options["sinkhorn"])
+        return cls(**options)
 
 
 def _dropout(config: ModelConfig, place: str, x: jax.Array, train: bool) -> jax.Array:

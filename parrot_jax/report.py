@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-PAPER_TABLES = Path(__file__).resolve().parents[1] / "experiments" / "paper_tables.csv"
+PAPER_TABLES = Path(__file__).resolve().parent / "paper_tables.csv"  # package data
 
 # The paper's corpora, in its column order, and how its tables name them.
 PAPER_CORPORA = {"cremad": "CREMA-D", "emodb": "Emo-DB", "mesd": "MESD"}

@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 
 from parrot_jax import distributed as dist
 from parrot_jax import metrics
-from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs
+from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs, penultimate_features
 from parrot_jax.splits import Fold
 
 PyTree = Any
@@ -611,8 +611,11 @@ def predict_logits(
     features: Sequence[np.ndarray],
     standardizer: Standardizer | None,
     eval_batch_size: int = 32,
+    output: Literal["logits", "penultimate"] = "logits",
 ) -> np.ndarray:
-    """Logits float32 [N, C] of new rows with one member's params (see `CellResult.member`).
+    """Logits float32 [N, C] of new rows with one member's params (see `CellResult.member`); with
+    ``output="penultimate"``, the input of the model's last Dense instead [N, hidden]
+    (`models.penultimate_features`).
 
     Rows are evaluated in the given order, ``eval_batch_size`` at a time (the last batch padded and
     masked), as the trainer evaluates test rows; standardised first when ``standardizer`` is given.
@@ -626,7 +629,10 @@ def predict_logits(
     if standardizer is not None:
         features = standardizer.apply(features)
     module = build_model(kind, model_config)
-    apply = jax.jit(lambda p, inputs, mask: module.apply({"params": p}, inputs, mask=mask, train=False))
+    if output == "penultimate":
+        apply = jax.jit(lambda p, inputs, mask: penultimate_features(module, p, inputs, mask))
+    else:
+        apply = jax.jit(lambda p, inputs, mask: module.apply({"params": p}, inputs, mask=mask, train=False))
     idx, mask = _pad_batches(np.arange(n), -(-n // eval_batch_size), eval_batch_size)
     xs = [np.asarray(x, np.float32) for x in features]
     out = [np.asarray(apply(params, tuple(x[i] for x in xs), jnp.asarray(m))) for i, m in zip(idx, mask)]

@@ -1,6 +1,6 @@
 """parrot_jax.allocator: the environment switch, and the property the settings exist for: a jitted program
 with large temporaries stops page-faulting its memory afresh on every call (counted by the kernel in a
-fresh subprocess, with and without the settings)."""
+fresh subprocess, with and without the settings); and that importing the library leaves malloc alone."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ import pytest
 from parrot_jax import allocator
 
 PROBE = """
-import resource, json
-import parrot_jax
+import resource, json, sys
+import parrot_jax.models  # what a researcher imports: must change nothing
+if sys.argv[1] == "opt-in":
+    from parrot_jax import allocator
+    allocator.keep_freed_memory_if_wanted()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.sort(x * 2.0) + jnp.cumsum(x)))  # temporaries of 64 MB each
 x = jnp.ones((16 << 20,), jnp.float32)
@@ -28,10 +31,11 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) /
 """
 
 
-def _faults_per_call(setting: str) -> float:
+def _faults_per_call(setting: str, opt_in: bool = True) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env[allocator.ENV_VAR] = setting
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300, check=True)
+    argv = [sys.executable, "-c", PROBE, "opt-in" if opt_in else "import-only"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -51,3 +55,12 @@ def test_settings_stop_refaulting():
     # By default each call faults its temporaries in afresh (~117 000 faults here); kept, a few thousand
     # remain (the host's proactive reclaim takes back some idle pages: 7 000-21 000 seen)
     assert kept < 0.3 * default, (kept, default)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc malloc's (Linux)")
+def test_import_changes_nothing():
+    """`import parrot_jax.models` with the switch on but no opt-in call: glibc's default re-faulting remains."""
+    default, imported = _faults_per_call("0"), _faults_per_call("1", opt_in=False)
+    if default < 5000:
+        pytest.skip(f"this machine's malloc does not re-fault large blocks ({default:.0f} faults per call by default)")
+    assert imported > 0.5 * default, (imported, default)

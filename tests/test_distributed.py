@@ -327,7 +327,8 @@ def test_extraction_split_over_devices_equals_one_device(demo_corpus: Path, tmp_
         import json
         import numpy as np
         from parrot_jax.encoders import registry
-        from parrot_jax.features import extract, load_features
+        from parrot_jax.extraction import extract
+        from parrot_jax.features import load_features
 
         folder = {str(REPO / "tests" / "fixtures" / "hf" / "wav2vec2")!r}
         rows, split = {{}}, {{}}
@@ -350,14 +351,14 @@ def test_extraction_split_over_devices_equals_one_device(demo_corpus: Path, tmp_
 def test_two_process_extraction_writes_the_one_process_store(demo_corpus: Path, tmp_path: Path):
     """Two jax.distributed processes on localhost share the chunks (each embeds its half) and host 0
     assembles: the store's files are byte-identical to a one-process extraction."""
-    from parrot_jax.features import extract
+    from parrot_jax.extraction import extract
 
     extract("demo", demo_corpus, ["logmel-stats"], tmp_path / "one", batch_size=4, progress=False)
     code = f"""
         import json
         from parrot_jax import distributed as dist
         dist.initialize_multihost()
-        from parrot_jax.features import extract
+        from parrot_jax.extraction import extract
         summary = extract("demo", {str(demo_corpus)!r}, ["logmel-stats"], {str(tmp_path / "two")!r},
                           batch_size=4, progress=False)
         print(json.dumps({{"computed": summary.encoders[0].computed_files, "rows": summary.encoders[0].rows}}))

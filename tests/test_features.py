@@ -19,7 +19,8 @@ from parrot_jax.audio import AudioError, load_audio
 from parrot_jax.cli import main
 from parrot_jax.corpora import generate_demo_corpus, load_manifest
 from parrot_jax.encoders import registry
-from parrot_jax.features import extract, features_sha256, load_features, manifest_sha256, read_store_manifest
+from parrot_jax.extraction import extract
+from parrot_jax.features import features_sha256, load_features, manifest_sha256, read_store_manifest
 
 ENCODERS = ["mfcc-stats", "logmel-stats"]
 
@@ -247,22 +248,22 @@ def test_interruption_while_finishing_resumes_without_recomputing(
     demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped after the .npy is in place but before its metadata (the commit) is: nothing is recomputed."""
-    import parrot_jax.features as features
+    import parrot_jax.extraction as extraction
 
     reference = extract("demo", demo, ["logmel-stats"], tmp_path / "reference", batch_size=7, progress=False)
-    write_json = features._write_json
+    write_json = extraction.write_json
 
     def fail_on_metadata(path: Path, value: object) -> None:
         if path.name == "logmel-stats.json":
             raise KeyboardInterrupt("stopped before the commit")
         write_json(path, value)
 
-    monkeypatch.setattr(features, "_write_json", fail_on_metadata)
+    monkeypatch.setattr(extraction, "write_json", fail_on_metadata)
     with pytest.raises(KeyboardInterrupt):
         extract("demo", demo, ["logmel-stats"], tmp_path / "out", batch_size=7, progress=False)
     store = tmp_path / "out" / "demo"
     assert (store / "logmel-stats.npy").is_file() and not (store / "logmel-stats.json").exists()
-    monkeypatch.setattr(features, "_write_json", write_json)
+    monkeypatch.setattr(extraction, "write_json", write_json)
     resumed = extract("demo", demo, ["logmel-stats"], tmp_path / "out", batch_size=7, progress=False)
     assert (resumed.encoders[0].computed_files, resumed.encoders[0].reused_files) == (0, 24)
     for suffix in (".npy", ".json", ".rejects.tsv"):

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parrot_jax import grid
-from parrot_jax.grid import Cell, GridConfig, apply_overrides, load_config, plan_cells
+from parrot_jax import cells, grid
+from parrot_jax.cells import Cell, plan_cells
+from parrot_jax.config import GridConfig, apply_overrides, load_config
+from parrot_jax.features import CorpusData, load_corpus
 from parrot_jax.report import read_paper_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ PAPER_ENCODERS = ["ssam-tiny", "ssam-small", "ssam-base", "wavlm-base", "hubert-
                   "unispeech-sat-base", "mms-1b"]
 # A tiny grid: 3 folds, 2 epochs, 2 classical feature sets of a 24-utterance demo corpus; 6 cells.
 TINY_CONFIG = '''
-from parrot_jax.grid import GridConfig
+from parrot_jax.config import GridConfig
 
 def get_config():
     return GridConfig(run="tiny", features={features!r}, results={results!r}, folds=3, val_fraction=0.25,
@@ -36,7 +38,7 @@ def get_config():
 def store(tmp_path_factory) -> Path:
     """A feature store of a 24-utterance demo corpus (3 speakers x 2 texts x 4 emotions)."""
     from parrot_jax.corpora import generate_demo_corpus
-    from parrot_jax.features import extract
+    from parrot_jax.extraction import extract
 
     base = tmp_path_factory.mktemp("grid")
     root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
@@ -68,7 +70,7 @@ def equal_store(tmp_path_factory) -> Path:
     """The demo corpus with three 12-d feature sets named wavlm-base, hubert-base, wav2vec2-base: Table 1's
     three FCN cells have equal shapes, and so have Table 2's three PARROT pairs."""
     from parrot_jax.corpora import generate_demo_corpus
-    from parrot_jax.features import extract
+    from parrot_jax.extraction import extract
 
     base = tmp_path_factory.mktemp("equal")
     root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
@@ -170,15 +172,15 @@ def test_plan_pairs_classical_features_only_when_nothing_else_is_present():
 
 
 def test_key_follows_config_and_features(store):
-    data = grid.load_corpus(store, "demo", ["mfcc-stats", "logmel-stats"])
+    data = load_corpus(store, "demo", ["mfcc-stats", "logmel-stats"])
     svm, parrot = Cell("demo", 1, "svm", ("mfcc-stats",)), Cell("demo", 2, "parrot", ("mfcc-stats", "logmel-stats"))
     base = GridConfig()
     longer = apply_overrides(base, ["train.epochs=3"])
-    assert grid.cell_key(svm, base, data) == grid.cell_key(svm, longer, data)  # epochs do not touch the SVM
-    assert grid.cell_key(parrot, base, data) != grid.cell_key(parrot, longer, data)
-    assert grid.cell_key(svm, base, data) != grid.cell_key(svm, apply_overrides(base, ["folds=4"]), data)
+    assert cells.cell_key(svm, base, data) == cells.cell_key(svm, longer, data)  # epochs do not touch the SVM
+    assert cells.cell_key(parrot, base, data) != cells.cell_key(parrot, longer, data)
+    assert cells.cell_key(svm, base, data) != cells.cell_key(svm, apply_overrides(base, ["folds=4"]), data)
     data.hashes["mfcc-stats"] = "0" * 64  # other feature content
-    assert grid.cell_key(parrot, base, data) != grid.cell_key(parrot, longer, data) != ""
+    assert cells.cell_key(parrot, base, data) != cells.cell_key(parrot, longer, data) != ""
     assert data.labels.tolist().count(0) == 6 and data.class_names == ("anger", "happiness", "neutral", "sadness")
 
 
@@ -224,7 +226,7 @@ def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
     assert set(best["cells"]) == {p.stem for p in cells_dir.glob("*.json")}
     assert len(list(run.glob("confusion_demo__parrot__*.png"))) == 1 and len(list(run.glob("tsne_*.png"))) == 1
     record = json.loads((cells_dir / "demo__parrot__mfcc-stats+logmel-stats.json").read_text())
-    labels = grid.load_corpus(store, "demo", ["mfcc-stats"]).labels
+    labels = load_corpus(store, "demo", ["mfcc-stats"]).labels
     assert np.sum(record["confusion"]) == len(labels)  # every utterance tested once
     for run_ in record["result"]["runs"]:  # the stored accuracy is the one its predictions give
         truth = labels[run_["test_indices"]]
@@ -252,7 +254,7 @@ def test_pack_groups_follow_corpus_method_and_shapes():
     cells, _ = plan_cells(config, {"cremad": PAPER_ENCODERS})
     from parrot_jax.encoders import registry
 
-    data = {"cremad": grid.CorpusData("cremad", [], np.zeros(2), (), None,
+    data = {"cremad": CorpusData("cremad", [], np.zeros(2), (), None,
                                       {e: np.zeros((2, registry.ENCODERS[e].dim), np.float32) for e in PAPER_ENCODERS},
                                       {}, {})}
     groups = grid.pack_groups(cells, config, data)
@@ -325,7 +327,8 @@ dist.initialize_multihost()
 import jax
 from parrot_jax import grid
 
-config, provenance = grid.load_config(sys.argv[1])
+from parrot_jax.config import load_config
+config, provenance = load_config(sys.argv[1])
 outcome = grid.run_grid(config, provenance, echo=lambda _: None)
 ours = sorted({(e, os.path.relpath(os.path.realpath(p), results)) for e, p in touched
                if os.path.realpath(p).startswith(results + os.sep)})
@@ -347,7 +350,7 @@ def test_two_processes_run_the_grid_and_only_host_0_writes(tmp_path, equal_store
 
     config = equal_config(equal_store, tmp_path / "results", "two", 3, checkpoints=True)
     path = tmp_path / "two.py"
-    path.write_text(f"from parrot_jax.grid import GridConfig\n\ndef get_config():\n"
+    path.write_text(f"from parrot_jax.config import GridConfig\n\ndef get_config():\n"
                     f"    return GridConfig(**{dataclasses.asdict(config)!r})\n")
     outs = _run_processes(GRID_PROCESS, 2, argv=lambda rank: [str(path), str(tmp_path / "results")])
     assert [(o["process"], o["devices"]) for o in outs] == [(0, 4), (1, 4)]
@@ -364,6 +367,6 @@ def test_two_processes_run_the_grid_and_only_host_0_writes(tmp_path, equal_store
         assert (run / "models" / name / "model.json").is_file()
     for name in ("table1.md", "table2.md", "grid.json"):
         assert (run / name).is_file()
-    from parrot_jax.predict import load_model
+    from parrot_jax.saved_model import load_model
 
     assert load_model(run / "models" / "demo__parrot__wavlm-base+hubert-base").members == 3  # 3 folds x 1 seed

@@ -12,7 +12,8 @@ import soundfile as sf
 from parrot_jax import cli
 from parrot_jax.audio import load_audio
 from parrot_jax.features import load_features
-from parrot_jax.predict import load_model, predict_files, save_model, train_on_corpus
+from parrot_jax.predict import predict_files, train_on_corpus
+from parrot_jax.saved_model import load_model, save_model
 from parrot_jax.training import TrainConfig
 
 ENCODERS = ["mfcc-stats", "logmel-stats"]
@@ -24,7 +25,7 @@ SMALL_MODEL = {"filters": (4, 8), "latent_dim": 8, "hidden": 16}
 def corpus(tmp_path_factory) -> tuple[Path, Path]:
     """(corpus root, feature store) of a 24-utterance demo corpus."""
     from parrot_jax.corpora import generate_demo_corpus
-    from parrot_jax.features import extract
+    from parrot_jax.extraction import extract
 
     base = tmp_path_factory.mktemp("predict")
     root = generate_demo_corpus(base / "corpus", seed=0, n_speakers=3, n_texts=2)
@@ -121,9 +122,9 @@ def test_missing_model_and_mismatched_encoder_settings_are_refused(saved, tmp_pa
 
 
 def test_test_activations_come_from_the_fold_model_that_tested_each_row(corpus):
-    from parrot_jax.grid import load_corpus
+    from parrot_jax.features import load_corpus
     from parrot_jax.models import ModelConfig
-    from parrot_jax.predict import penultimate, test_activations
+    from parrot_jax.activations import penultimate, test_activations
     from parrot_jax.splits import make_folds
     from parrot_jax.training import train_cell
 

@@ -83,7 +83,7 @@ def test_feature_store_wiring(tmp_path):
 
     import soundfile as sf
 
-    from parrot_jax import features
+    from parrot_jax import extraction
 
     root = tmp_path / "emodb"
     (root / "wav").mkdir(parents=True)
@@ -92,8 +92,8 @@ def test_feature_store_wiring(tmp_path):
     for name, n in [("03a01Fa.wav", 9000), ("08b02Wb.wav", 15000), ("11a04Ac.wav", 4000)]:
         waves[name] = (0.1 * rng.standard_normal(n)).astype(np.float32)
         sf.write(root / "wav" / name, waves[name], 16000, subtype="FLOAT")
-    features.extract("emodb", root, ["wavlm-base"], tmp_path / "out", batch_size=2,
-                     checkpoints={"wavlm-base": FIXTURES / "wavlm"}, progress=False)
+    extraction.extract("emodb", root, ["wavlm-base"], tmp_path / "out", batch_size=2,
+                       checkpoints={"wavlm-base": FIXTURES / "wavlm"}, progress=False)
     store = next((tmp_path / "out").rglob("wavlm-base.npy")).parent
     ids = json.loads((store / "wavlm-base.json").read_text())["ids"]
     rows = np.load(store / "wavlm-base.npy")

@@ -1,18 +1,8 @@
-"""The demo's grid: the synthetic demo corpus, its two classical feature sets, a short training."""
+"""The demo's grid: the synthetic demo corpus, its two classical feature sets, a short training.
 
-from parrot_jax.grid import GridConfig
+The packaged config parrot_jax/configs/demo.py (`parrot grid --config demo`); copy that file here to make your own.
+"""
 
+from parrot_jax.configs.demo import get_config
 
-def get_config() -> GridConfig:
-    return GridConfig(
-        run="demo",
-        features="results/demo/features",
-        results="results",
-        corpora=("demo",),
-        encoders=("mfcc-stats", "logmel-stats"),
-        protocol="stratified",
-        folds=5,
-        seeds=(0,),
-        train={"epochs": 30, "patience": 10},
-        figures=("best",),
-    )
+__all__ = ["get_config"]

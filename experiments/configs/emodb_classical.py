@@ -1,20 +1,8 @@
 """Emo-DB with the two classical feature sets (no checkpoints needed); pick the protocol on the command line:
 
-    python experiments/run_grid.py --config experiments/configs/emodb_classical.py --protocol speaker \
-        --run emodb-classical-speaker
+The packaged config parrot_jax/configs/emodb_classical.py (`parrot grid --config emodb_classical`); copy that file here to make your own.
 """
 
-from parrot_jax.grid import GridConfig
+from parrot_jax.configs.emodb_classical import get_config
 
-
-def get_config() -> GridConfig:
-    return GridConfig(
-        run="emodb-classical-stratified",
-        corpora=("emodb",),
-        encoders=("mfcc-stats", "logmel-stats"),
-        protocol="stratified",
-        folds=5,
-        seeds=(0,),
-        train={"epochs": 50},
-        figures=("best",),
-    )
+__all__ = ["get_config"]

@@ -29,7 +29,6 @@ ml_collections ConfigDict) is turned into inert records, never executed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from parrot_jax.encoders.checkpoints import (
     load_params,
     read_torch_file,
 )
+from parrot_jax.files import sha256_file
 
 # ----------------------------------------------------------------------------------------------- front end
 
@@ -558,11 +558,7 @@ class SSAMEncoder:
 
     def metadata(self) -> dict[str, Any]:
         if self.checkpoint is not None and self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.checkpoint, "rb") as f:
-                while block := f.read(1 << 24):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
+            self._sha256 = sha256_file(self.checkpoint)
         return {
             "name": self.name,
             "checkpoint": None if self.checkpoint is None else self.checkpoint.name,

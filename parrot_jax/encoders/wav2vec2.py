@@ -21,7 +21,6 @@ frames only, so a row's embedding does not depend on the rest of the batch.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parrot_jax.encoders import checkpoints as ck
+from parrot_jax.files import sha256_files
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -568,12 +568,7 @@ class AttentionEncoder:
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
         """sha256 of the weight file(s), in order (computed once: mms-1b's weights are 3.9 GB)."""
-        digest = hashlib.sha256()
-        for path in checkpoint_files(self.folder):
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(block)
-        return digest.hexdigest()
+        return sha256_files(checkpoint_files(self.folder))
 
     def metadata(self) -> dict[str, Any]:
         opts = asdict(self.options)

@@ -1,0 +1,20 @@
+"""Emo-DB with the two classical feature sets (no checkpoints needed); pick the protocol on the command line:
+
+    parrot grid --config emodb_classical --protocol speaker \
+        --run emodb-classical-speaker
+"""
+
+from parrot_jax.config import GridConfig
+
+
+def get_config() -> GridConfig:
+    return GridConfig(
+        run="emodb-classical-stratified",
+        corpora=("emodb",),
+        encoders=("mfcc-stats", "logmel-stats"),
+        protocol="stratified",
+        folds=5,
+        seeds=(0,),
+        train={"epochs": 50},
+        figures=("best",),
+    )

@@ -1,0 +1,405 @@
+"""Extraction: embed a corpus with encoders into the feature store (`parrot_jax.features`).
+
+The manifest is cut into chunks of ``batch_size`` consecutive utterances; each chunk's audio is loaded
+once for all encoders and embedded, and each finished chunk is written atomically to
+``.partial/<encoder>/chunk_<k>.npz``. A run killed at any point (SIGKILL included) and started again
+skips the chunks already there, then assembles the same bytes an uninterrupted run writes. Partial work
+is discarded when the fingerprint (what the embedding depends on, the manifest hash, batch size,
+on_error) changes. One extraction at a time per store (no locking).
+
+Devices and hosts: encoders that run a JAX program split each batch over this host's chosen devices;
+under several processes each host embeds its share of the chunks and host 0 assembles the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from parrot_jax import __version__
+from parrot_jax.audio import AudioError, check_length, load_audio
+from parrot_jax.corpora import Utterance, demo_corpus_root, load_manifest, resolve_inside
+from parrot_jax.encoders import registry
+from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
+from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
+
+ON_ERROR = ("raise", "skip")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class EncoderSummary:
+    encoder: str
+    rows: int
+    rejects: int
+    computed_files: int  # files embedded in this run (0 where the store was already up to date)
+    reused_files: int  # files whose rows came from an earlier (interrupted or finished) run
+    features_sha256: str
+
+
+@dataclass
+class ExtractSummary:
+    """What `extract` did: `seconds` of wall time, `audio_seconds` of the manifest's audio."""
+
+    corpus: str
+    files: int  # in the manifest
+    processed_files: int  # read and embedded (by every encoder that needed them) in this run
+    processed_audio_seconds: float
+    seconds: float
+    encoders: list[EncoderSummary] = field(default_factory=list)
+
+    @property
+    def files_per_second(self) -> float:
+        """Processed files per second of wall time (all encoders of the run together)."""
+        return self.processed_files / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall seconds per second of processed audio (below 1: faster than real time)."""
+        return self.seconds / self.processed_audio_seconds if self.processed_audio_seconds > 0 else float("nan")
+
+    def text(self) -> str:
+        lines = [f"corpus {self.corpus}: {self.files} files, {self.processed_files} processed in this run"]
+        for e in self.encoders:
+            lines.append(
+                f"  {e.encoder}: {e.rows} rows, {e.rejects} rejects, {e.computed_files} computed, "
+                f"{e.reused_files} reused, sha256 {e.features_sha256[:12]}"
+            )
+        lines.append(
+            f"{self.seconds:.1f} s, {self.files_per_second:.1f} files/s, real-time factor {self.real_time_factor:.4f} "
+            f"({self.processed_audio_seconds:.1f} s of audio)"
+        )
+        return "\n".join(lines)
+
+
+def resolve_checkpoints(
+    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """Checkpoint folder per encoder that needs one: `explicit[name]`, else `checkpoint_dir/name`."""
+    explicit = dict(explicit or {})
+    folders = {}
+    for name in names:
+        if not registry.entry(name).needs_checkpoint:
+            if name in explicit:
+                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
+            continue
+        if name in explicit:
+            folders[name] = Path(explicit[name])
+        elif checkpoint_dir is not None:
+            folders[name] = Path(checkpoint_dir) / name
+        else:
+            raise ValueError(
+                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
+                f"{name}/) or --checkpoint {name}=PATH"
+            )
+        if not folders[name].is_dir():
+            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
+    return folders
+
+
+def _build(name_or_encoder: Any, checkpoints: Mapping[str, Path]) -> registry.Encoder:
+    if not isinstance(name_or_encoder, str):
+        return name_or_encoder
+    return registry.build(name_or_encoder, checkpoints.get(name_or_encoder))
+
+
+@dataclass
+class _Job:
+    """One encoder's extraction: where its chunks go and which are still to do."""
+
+    encoder: registry.Encoder
+    encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
+    fingerprint: str
+    partial: Path
+    todo: set[int]
+    reused_files: int = 0
+    computed_files: int = 0
+
+
+def _fingerprint(
+    encoder: registry.Encoder, encoder_metadata: dict[str, Any], manifest_hash: str, batch_size: int, on_error: str
+) -> str:
+    return sha256_json(
+        {"name": encoder.name, "metadata": encoder_metadata, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
+         "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
+         "on_error": on_error, "format_version": FORMAT_VERSION}
+    )  # fmt: skip
+
+
+def _chunk_path(partial: Path, k: int) -> Path:
+    return partial / f"chunk_{k:06d}.npz"
+
+
+def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
+    meta_path, npy_path = store / f"{name}.json", store / f"{name}.npy"
+    if not (meta_path.is_file() and npy_path.is_file()):
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == sha256_file(npy_path)
+
+
+def _start_job(
+    store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
+) -> _Job:
+    partial = store / ".partial" / encoder.name
+    state = partial / "state.json"
+    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
+        shutil.rmtree(partial)  # work of another encoder config, manifest or batch size
+    partial.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(partial)
+    if not state.is_file():
+        write_json(state, {"fingerprint": fingerprint})
+    todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
+    return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
+
+
+def _embed_chunk(
+    job: _Job,
+    k: int,
+    chunk: Sequence[Utterance],
+    waves: Mapping[str, np.ndarray | AudioError],
+    root: Path,
+    on_error: str,
+) -> None:
+    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons.
+
+    A file is rejected (or, with on_error="raise", raises AudioError naming it) where its audio is bad, it
+    is shorter than the encoder's `min_samples`, or the encoder gives it a non-finite embedding.
+    """
+    encoder = job.encoder
+    problems: dict[int, str] = {}
+    batch, batch_index = [], []
+    for i, u in enumerate(chunk):
+        wave = waves[u.id]
+        try:
+            if isinstance(wave, AudioError):
+                raise wave
+            check_length(wave, encoder.min_samples, root / u.path, f"encoder {encoder.name!r}", encoder.sample_rate)
+        except AudioError as error:
+            if on_error == "raise":
+                raise
+            problems[i] = error.problem
+            continue
+        batch.append(wave)
+        batch_index.append(i)
+    rows = np.zeros((0, encoder.dim), np.float32)
+    if batch:
+        rows = np.asarray(encoder.embed_batch(batch))
+        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim):
+            raise ValueError(
+                f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} for a batch of {len(batch)}; "
+                f"expected float32 {[len(batch), encoder.dim]}"
+            )
+        finite = np.all(np.isfinite(rows), axis=1)
+        for i in np.asarray(batch_index)[~finite]:
+            error = AudioError(root / chunk[i].path, f"encoder {encoder.name!r} gave a non-finite (NaN/Inf) embedding")
+            if on_error == "raise":
+                raise error
+            problems[int(i)] = error.problem
+        rows = rows[finite]
+    accepted = [i not in problems for i in range(len(chunk))]
+    reasons = [problems.get(i, "") for i in range(len(chunk))]
+    arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str)}
+    atomic_write(_chunk_path(job.partial, k), lambda f: np.savez(f, **arrays))
+    job.computed_files += len(chunk)
+
+
+def _load_waves(chunk: Sequence[Utterance], root: Path, sample_rate: int) -> dict[str, np.ndarray | AudioError]:
+    """Each utterance's waveform at `sample_rate`, or the AudioError saying why it has none."""
+    waves: dict[str, np.ndarray | AudioError] = {}
+    for u in chunk:
+        try:
+            waves[u.id] = load_audio(resolve_inside(root, u.path), sample_rate)
+        except AudioError as error:
+            waves[u.id] = error
+    return waves
+
+
+def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
+    """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (sum(len(c) for c in chunks), dim)}
+
+    def write(f) -> None:
+        np.lib.format.write_array_header_1_0(f, header)
+        for rows in chunks:
+            f.write(np.ascontiguousarray(rows, np.float32).tobytes())
+
+    atomic_write(path, write)
+
+
+def _finish(
+    job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str
+) -> EncoderSummary:
+    """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit)."""
+    encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
+    rows, accepted, reasons = [], [], []
+    for k in range(n_chunks):
+        with np.load(_chunk_path(job.partial, k), allow_pickle=False) as chunk:
+            rows.append(chunk["rows"])
+            accepted += chunk["accepted"].tolist()
+            reasons += chunk["reasons"].tolist()
+    rejects = [{"id": u.id, "path": u.path, "reason": r} for u, ok, r in zip(manifest, accepted, reasons) if not ok]
+    if len(rejects) == len(manifest):
+        raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
+    npy = store / f"{encoder.name}.npy"
+    _write_matrix(npy, rows, encoder.dim)
+    cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
+    tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
+    atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
+    encoder_metadata = job.encoder_metadata
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "corpus": corpus,
+        "encoder": encoder.name,
+        "encoder_metadata": encoder_metadata,
+        "pooling": encoder_metadata.get("pooling"),
+        "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
+        "dim": encoder.dim,
+        "sample_rate": encoder.sample_rate,
+        "min_samples": encoder.min_samples,
+        "batch_size": batch_size,
+        "on_error": on_error,
+        "manifest_sha256": manifest_sha256(manifest),
+        "features_sha256": sha256_file(npy),
+        "fingerprint": job.fingerprint,
+        "ids": [u.id for u, ok in zip(manifest, accepted) if ok],
+        "rejects": rejects,
+    }
+    write_json(store / f"{encoder.name}.json", meta)
+    _remove_partial(job.partial)
+    return EncoderSummary(encoder.name, len(meta["ids"]), len(rejects), job.computed_files, job.reused_files,
+                          meta["features_sha256"])  # fmt: skip
+
+
+def _remove_partial(partial: Path) -> None:
+    shutil.rmtree(partial, ignore_errors=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
+
+
+def _corpus_root(corpus: str, root: Path | None) -> Path:
+    if corpus == "demo":
+        return demo_corpus_root(root)
+    if root is None:
+        raise ValueError(f"corpus {corpus!r} needs --root (the folder holding its audio files)")
+    return Path(root)
+
+
+def extract(
+    corpus: str,
+    root: Path | None,
+    encoders: Sequence[str | registry.Encoder],
+    out: Path,
+    batch_size: int = 16,
+    on_error: str = "raise",
+    checkpoints: Mapping[str, Path] | None = None,
+    progress: bool = True,
+    devices: str | None = None,
+) -> ExtractSummary:
+    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
+
+    `encoders`: registry names (built with `checkpoints[name]` where they need a folder) or built Encoder
+    objects. `batch_size` utterances are loaded (once for all encoders) and embedded together. `on_error`:
+    "raise" stops at the first bad file (AudioError naming it); "skip" leaves it out and lists it with its
+    reason in `<encoder>.rejects.tsv`. An encoder whose finished store matches (same fingerprint and content
+    hash) is not recomputed; an interrupted one resumes from its finished chunks. For corpus "demo" with no
+    root, the demo corpus is generated in `demo_corpus/` first.
+
+    Devices and hosts (`parrot_jax.distributed`): `devices` (default `$PARROT_DEVICES`, else all) picks the
+    devices; encoders with ``use_devices`` split each batch over this host's chosen ones. Under several
+    processes (jax.distributed) each host embeds its own contiguous share of the chunks into the shared
+    `.partial/` folder (`out` must be on a filesystem every host sees); host 0 prepares the store first
+    and alone assembles the matrices and metadata, so the store is written exactly as by one process.
+    """
+    from parrot_jax import distributed as dist
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    root = _corpus_root(corpus, root)  # generating the demo corpus is not part of the timing
+    start = time.perf_counter()
+    manifest = load_manifest(corpus, root)
+    digest = manifest_sha256(manifest)
+    built = [_build(e, checkpoints or {}) for e in encoders]
+    names = [e.name for e in built]
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"encoders given twice: {names}")
+    mesh = dist.local_mesh(dist.make_mesh(dist.select_devices(devices)))
+    for encoder in built:
+        if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
+            encoder.use_devices(mesh)
+    store = Path(out) / corpus
+    if dist.is_coordinator():
+        store.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(store)
+        write_store_manifest(store, corpus, manifest)
+    n_chunks = -(-len(manifest) // batch_size)
+    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
+    if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
+        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+    dist.barrier(f"extract {store}: planned on host 0")
+    if not dist.is_coordinator():
+        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+    dist.barrier(f"extract {store}: planned")
+
+    mine = set(dist.host_rows(n_chunks))
+    todo = sorted(set().union(*(job.todo for job in jobs)) & mine)
+    processed = [u for k in todo for u in chunk(k)]
+    from tqdm import tqdm
+
+    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
+        for k in todo:
+            needed = [job for job in jobs if k in job.todo]
+            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
+            for job in needed:
+                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
+            bar.update(len(chunk(k)))
+    dist.barrier(f"extract {store}: embedded")
+    for job in jobs:
+        if dist.is_coordinator():
+            summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
+    dist.barrier(f"extract {store}: finished")
+    for job in jobs:
+        if not dist.is_coordinator():
+            meta = read_metadata(store, corpus, job.encoder.name)
+            summaries[job.encoder.name] = EncoderSummary(job.encoder.name, len(meta["ids"]), len(meta["rejects"]),
+                                                         job.computed_files, job.reused_files, meta["features_sha256"])
+    audio_seconds = sum(u.duration for u in processed if u.duration is not None)
+    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
+                          [summaries[name] for name in names])  # fmt: skip
+
+
+def _plan_jobs(
+    built: Sequence[registry.Encoder], store: Path, corpus: str, manifest: Sequence[Utterance], digest: str,
+    batch_size: int, on_error: str, n_chunks: int,
+) -> tuple[dict[str, EncoderSummary], list[_Job]]:
+    """Summaries of the encoders already up to date, and a job (chunks to do) for each other one."""
+    chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
+    summaries: dict[str, EncoderSummary] = {}
+    jobs: list[_Job] = []
+    for encoder in built:
+        encoder_metadata = encoder.metadata()
+        fingerprint = _fingerprint(encoder, encoder_metadata, digest, batch_size, on_error)
+        if _up_to_date(store, encoder.name, fingerprint):
+            _remove_partial(store / ".partial" / encoder.name)
+            meta = read_metadata(store, corpus, encoder.name)
+            summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
+                                                     len(manifest), meta["features_sha256"])  # fmt: skip
+            continue
+        job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
+        job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
+        jobs.append(job)
+    return summaries, jobs
