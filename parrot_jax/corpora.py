@@ -7,8 +7,9 @@ Adapters (``load_manifest(corpus, root)``):
 - ``"cremad"``: CREMA-D, names ``AAAA_SSS_EEE_LL.wav`` (actor, sentence, emotion, intensity).
 - ``"mesd"``: MESD, names ``<Emotion>_<Voice>_<Corpus>_<word>.wav``; the word may contain underscores. MESD
   has no speaker ids (only a voice type F/M/C), so ``speaker`` is None.
-- ``"csv"``: any other corpus, described by a CSV file with columns ``path,label[,speaker]``; ``root`` is
-  either that file or a folder holding ``manifest.csv``; paths are relative to the file's folder.
+- ``"csv"``: any other corpus, described by a CSV file (UTF-8, a byte-order mark allowed) with columns
+  ``path,label[,speaker]``; ``root`` is either that file or a folder holding ``manifest.csv``; paths are
+  relative to the file's folder (:func:`audio_folder`), and no audio file may be listed twice.
 - ``"demo"``: the synthetic corpus of :func:`generate_demo_corpus`, in Emo-DB's layout (read by the Emo-DB
   name parser; it only has the four emotions it synthesises).
 
@@ -167,23 +168,38 @@ def _csv_label(value: str, where: str) -> str:
     return label
 
 
+def _csv_file(root: Path) -> Path:
+    return root if root.suffix.lower() == ".csv" else root / "manifest.csv"
+
+
+def audio_folder(corpus: str, root: Path) -> Path:
+    """The folder a manifest's paths are relative to: for "csv" the CSV file's folder, else `root`."""
+    root = Path(root)
+    return _csv_file(root).parent if corpus == "csv" else root
+
+
 def _from_csv(root: Path) -> list[Utterance]:
-    csv_path = root if root.suffix.lower() == ".csv" else root / "manifest.csv"
+    csv_path = _csv_file(root)
     if not csv_path.is_file():
         raise ValueError(f"corpus 'csv' needs a CSV manifest: {csv_path} does not exist")
     base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is dropped
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or [])
         if not {"path", "label"} <= columns:
             raise ValueError(f"{csv_path}: expected a header with columns path,label[,speaker]; got {sorted(columns)}")
-        utterances, seen = [], {}
+        utterances, seen, files = [], {}, {}
         for line, row in enumerate(reader, start=2):
             where = f"{csv_path}:{line}"
             relative = row["path"].strip()
             if not relative:
                 raise ValueError(f"{where}: empty path")
             target = resolve_inside(base, relative)
+            if target in files:
+                first_line, first_path = files[target]
+                raise ValueError(f"{where}: {relative!r} is the same audio file as {first_path!r} on line "
+                                 f"{first_line} ({target}); each recording may appear once")
+            files[target] = (line, relative)
             id_ = Path(relative).with_suffix("").as_posix()
             if id_ in seen:
                 raise ValueError(f"{where}: duplicate utterance id {id_!r} (first on line {seen[id_]})")
@@ -256,7 +272,8 @@ def verify_corpus(corpus: str, root: Path, file_list: Path | None = None) -> Cor
                 report.count_mismatches.append(f"{kind} {key}: expected {want}, found {got}")
     if file_list is not None:
         official = read_file_list(Path(file_list))
-        on_disk = {Path(u.path).name: root / u.path for u in manifest}
+        folder = audio_folder(corpus, root)
+        on_disk = {Path(u.path).name: folder / u.path for u in manifest}
         report.missing = sorted(set(official) - set(on_disk))
         report.extra = sorted(set(on_disk) - set(official))
         for name in sorted(set(official) & set(on_disk)):

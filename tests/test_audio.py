@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from parrot_jax.audio import SAMPLE_RATE, AudioError, check_length, load_audio
+from parrot_jax.audio import SAMPLE_RATE, AudioError, check_length, load_audio, read_audio
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
@@ -56,8 +56,35 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(AudioError, match=r"absent\.wav: unreadable audio file"):
+    with pytest.raises(AudioError, match=r"absent\.wav: no such file$"):
         load_audio(tmp_path / "absent.wav")
+
+
+@pytest.mark.parametrize("keep,present", [(0.5, 15978), (100, 56)])
+def test_truncated_wav_is_refused(tmp_path: Path, keep: float, present: int) -> None:
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, _tone(1.0, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")  # 44-byte header + 32000 bytes
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    message = rf"cut\.wav: truncated: its header declares 32000 bytes of audio, the file holds {present}$"
+    with pytest.raises(AudioError, match=message):
+        load_audio(cut)
+    assert len(load_audio(whole)) == SAMPLE_RATE
+
+
+def test_notes_say_what_reading_changed(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.wav"
+    sf.write(plain, _tone(0.5, SAMPLE_RATE), SAMPLE_RATE)
+    assert read_audio(plain)[1] == {}
+    stereo = tmp_path / "stereo.flac"
+    sf.write(stereo, np.stack([_tone(0.5, 96000)] * 2, axis=1), 96000)
+    assert read_audio(stereo)[1] == {"resampled": "from 96000 Hz", "downmixed": "from 2 channels"}
+    aiff = tmp_path / "aiff.wav"
+    sf.write(aiff, _tone(0.5, SAMPLE_RATE), SAMPLE_RATE, format="AIFF")
+    wave, notes = read_audio(aiff)
+    assert notes == {"misnamed": "AIFF audio in a .wav file"}
+    np.testing.assert_array_equal(wave, load_audio(plain))
 
 
 def test_empty_file(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from parrot_jax.cli import main
 from parrot_jax.corpora import (
     EXPECTED_COUNTS,
     LABELS,
+    audio_folder,
     generate_demo_corpus,
     load_manifest,
     parse_name,
@@ -244,3 +245,32 @@ def test_demo_corpus_separates_classes_but_not_perfectly(tmp_path: Path) -> None
         correct += int(np.sum(model.predict((x[fold.test] - mean) / std) == y[fold.test]))
     accuracy = correct / len(y)
     assert 0.45 < accuracy < 0.95, accuracy
+
+
+def test_csv_refuses_one_audio_file_listed_twice(tmp_path: Path) -> None:
+    _write_tone(tmp_path / "wav" / "x.wav")
+    _write_tone(tmp_path / "wav" / "y.wav")
+    _write_csv(tmp_path / "manifest.csv", [
+        {"path": "wav/x.wav", "label": "anger"}, {"path": "wav/y.wav", "label": "anger"},
+        {"path": "wav/../wav/x.wav", "label": "sadness"},
+    ])  # fmt: skip
+    message = r"manifest\.csv:4: 'wav/\.\./wav/x\.wav' is the same audio file as 'wav/x\.wav' on line 2"
+    with pytest.raises(ValueError, match=message):
+        load_manifest("csv", tmp_path)
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    _write_tone(tmp_path / "x.wav")
+    (tmp_path / "manifest.csv").write_text("path,label\nx.wav,anger\n", encoding="utf-8-sig")
+    assert (tmp_path / "manifest.csv").read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [(u.id, u.label) for u in load_manifest("csv", tmp_path)] == [("x", "anger")]
+
+
+def test_csv_file_as_root_resolves_audio_beside_it(tmp_path: Path) -> None:
+    _write_tone(tmp_path / "wav" / "03a01Fa.wav")
+    csv_file = _write_csv(tmp_path / "good.csv", [{"path": "wav/03a01Fa.wav", "label": "happy"}])
+    assert audio_folder("csv", csv_file) == tmp_path
+    assert audio_folder("csv", tmp_path) == tmp_path
+    assert audio_folder("emodb", tmp_path / "x") == tmp_path / "x"
+    report = verify_corpus("csv", csv_file)
+    assert report.ok and report.unreadable == []
