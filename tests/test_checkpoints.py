@@ -96,6 +96,34 @@ def test_safetensors_dtypes_roundtrip(tmp_path):
         np.testing.assert_array_equal(got[name], arr)
 
 
+def _raw_safetensors(path: Path, header: object, data: bytes, length: int | None = None) -> Path:
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head) if length is None else length) + head + data)
+    return path
+
+
+@pytest.mark.parametrize("header,length,message", [
+    ({}, 1 << 40, r"header length 1099511627776 exceeds the 2 bytes after it"),
+    ([1, 2], None, r"safetensors header is a JSON list, expected an object"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, None, r"tensor 'w': expected an entry with dtype, shape and data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, None,
+     r"tensor 'w': data_offsets \[-8, 0\] are not \[begin, end\] with 0 <= begin <= end <= 16"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 24]}}, None,
+     r"tensor 'w': data_offsets \[8, 24\] are not \[begin, end\] with 0 <= begin <= end <= 16"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, None,
+     r"tensor 'w': shape \[-2\] is not a list of non-negative ints"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, None,
+     r"tensor 'w': data_offsets \[0, 8\] hold 8 bytes; shape \[3\] of F32 needs 12"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, None,
+     r"tensors 'a' and 'b': data_offsets overlap"),
+])  # fmt: skip
+def test_malformed_safetensors_are_refused_naming_file_and_field(tmp_path, header, length, message):
+    path = _raw_safetensors(tmp_path / "bad.safetensors", header, bytes(16) if length is None else b"", length)
+    with pytest.raises(ck.CheckpointError, match=rf"bad\.safetensors: {message}"):
+        ck.read_safetensors(path)
+
+
 def test_fold_weight_norm_both_forms():
     rng = np.random.default_rng(1)
     v = rng.standard_normal((6, 3, 5)).astype(np.float32)  # Conv1d [out, in/groups, k], weight_norm(dim=2)

@@ -287,3 +287,19 @@ def test_metadata_is_json_and_names_the_checkpoint(tiny) -> None:
     assert json.loads(json.dumps(meta))["checkpoint"] == "checkpoint-10.pth"
     assert meta["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["dim"] == 160 and meta["options"]["token_order"] == "official"
+
+
+def test_impossible_shapes_are_refused_naming_file_and_weight() -> None:
+    state = dict(ssam.read_official_state(ssam.newest_checkpoint(FIXTURES / "tiny")))
+    assert ssam.infer_config(state, "ck.pth").embed_dim == 32
+    odd = {**state, "blocks.0.mixer.A_log": np.zeros((90, 24), np.float32)}
+    with pytest.raises(CheckpointMismatch, match=r"ck\.pth: blocks\.0\.mixer\.A_log has 90 inner channels, not a "
+                       r"multiple of cls_token's embedding size 32"):  # fmt: skip
+        ssam.infer_config(odd, "ck.pth")
+    flat = {**state, "patch_embed.proj.weight": np.zeros((32, 64), np.float32)}
+    with pytest.raises(CheckpointMismatch, match=r"ck\.pth: patch_embed\.proj\.weight has shape \[32, 64\]; expected 4"):
+        ssam.infer_config(flat, "ck.pth")
+    wide = {**state, "cls_token": np.zeros((1, 1, 30), np.float32), "blocks.0.mixer.A_log": np.zeros((60, 24))}
+    with pytest.raises(CheckpointMismatch, match=r"ck\.pth: the weights' shapes give an impossible SSAM config: "
+                       r"embed_dim must be a multiple of 4"):  # fmt: skip
+        ssam.infer_config(wide, "ck.pth")

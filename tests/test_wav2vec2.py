@@ -162,6 +162,30 @@ def test_refuses_adapter_configs(tmp_path):
         w2v.load(folder)
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
+    ({"num_conv_pos_embedding_groups": 3}, r"num_conv_pos_embedding_groups=3 does not divide hidden_size=16"),
+    ({"num_hidden_layers": 0}, r"num_hidden_layers=0; expected a positive integer"),
+    ({"conv_kernel": [10, 3]}, r"not a readable transformers config \(.*len\(config\.conv_kernel\) = 2"),
+    ({"conv_stride": [5, 0, 2]}, r"conv_stride=\[5, 0, 2\]; expected positive integers"),
+])  # fmt: skip
+def test_inconsistent_configs_are_refused_naming_file_and_field(tmp_path, change, message):
+    folder = tmp_path / "bad"
+    shutil.copytree(FIXTURES / "wav2vec2", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ck.CheckpointError, match=rf"bad/config\.json: {message}"):
+        w2v.load(folder)
+
+
+def test_corrupt_config_names_its_file(tmp_path):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(FIXTURES / "wav2vec2", folder)
+    (folder / "config.json").write_text('{"model_type": "wav2vec2", ')
+    with pytest.raises(ck.CheckpointError, match=r"corrupt/config\.json: not a readable transformers config"):
+        w2v.load(folder)
+
+
 def test_bucket_length_grid():
     for n in [1, 319, 320, 321, 5000, 16000 * 7 + 3]:
         size = w2v.bucket_length(n, 320, 1.25)

@@ -94,32 +94,63 @@ class CheckpointMismatch(CheckpointError):
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy arrays (memory-mapped, read-only)."""
+    """All tensors of a .safetensors file as numpy arrays (memory-mapped, read-only).
+
+    The header is checked before any data is touched: its length fits the file, it is a JSON object of
+    ``{dtype, shape, data_offsets}`` entries, every tensor's byte range ``[begin, end)`` holds exactly
+    prod(shape) x itemsize bytes inside the data section, and no two ranges overlap. Anything else is a
+    :class:`CheckpointError` naming the file, the tensor and the field.
+    """
     path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
             raise CheckpointError(f"{path}: too short to be a safetensors file")
         (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise CheckpointError(f"{path}: header length {n} exceeds the {size - 8} bytes after it (not a "
+                                  "safetensors file, or a truncated one)")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: safetensors header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is a JSON {type(header).__name__}, expected an object")
     header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if header else None
-    out = {}
+    data_size = size - 8 - n
+    ranges = []
     for name, info in header.items():
+        if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+            raise CheckpointError(f"{path}: tensor {name!r}: expected an entry with dtype, shape and data_offsets, "
+                                  f"got {info!r}")
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise CheckpointError(
                 f"{path}: tensor {name!r} has dtype {info['dtype']}; expected one of {sorted(_SAFETENSORS_DTYPES)}"
             )
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end - begin != int(np.prod(shape)) * dtype.itemsize or end > data.size:
-            raise CheckpointError(f"{path}: tensor {name!r} has offsets {begin}..{end} that do not fit shape {shape}")
-        out[name] = data[begin:end].view(dtype).reshape(shape)
-    return out
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape!r} is not a list of non-negative ints")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise CheckpointError(f"{path}: tensor {name!r}: data_offsets {offsets!r} are not [begin, end] with "
+                                  f"0 <= begin <= end <= {data_size} (the data section's size)")
+        expected = int(np.prod(shape)) * _SAFETENSORS_DTYPES[info["dtype"]].itemsize
+        if offsets[1] - offsets[0] != expected:
+            raise CheckpointError(f"{path}: tensor {name!r}: data_offsets {offsets} hold {offsets[1] - offsets[0]} "
+                                  f"bytes; shape {shape} of {info['dtype']} needs {expected}")
+        ranges.append((offsets[0], offsets[1], name))
+    ranges.sort()
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise CheckpointError(f"{path}: tensors {first!r} and {second!r}: data_offsets overlap")
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_size else np.zeros(0, np.uint8)
+    return {
+        name: data[info["data_offsets"][0] : info["data_offsets"][1]]
+        .view(_SAFETENSORS_DTYPES[info["dtype"]])
+        .reshape(tuple(info["shape"]))
+        for name, info in header.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

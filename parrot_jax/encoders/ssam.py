@@ -458,19 +458,30 @@ def infer_config(state: Mapping[str, np.ndarray], source: str) -> SSAMConfig:
     missing = [k for k in anchors if k not in state]
     if missing:
         raise CheckpointMismatch(f"{source}: not an SSAM state dict: missing {', '.join(missing)}")
+    ranks = {"cls_token": 3, "patch_embed.proj.weight": 4, "blocks.0.mixer.A_log": 2,
+             "blocks.0.mixer.conv1d.weight": 3, "blocks.0.mixer.dt_proj.weight": 2}
+    for key, rank in ranks.items():
+        if np.ndim(state[key]) != rank:
+            raise CheckpointMismatch(f"{source}: {key} has shape {list(np.shape(state[key]))}; expected {rank} axes")
     d = state["cls_token"].shape[-1]
     d_inner, d_state = state["blocks.0.mixer.A_log"].shape
     _, _, patch_time, patch_freq = state["patch_embed.proj.weight"].shape
-    return SSAMConfig(
-        embed_dim=d,
-        depth=1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))),
-        d_state=d_state,
-        d_conv=state["blocks.0.mixer.conv1d.weight"].shape[-1],
-        expand=d_inner // d,
-        dt_rank=state["blocks.0.mixer.dt_proj.weight"].shape[1],
-        patch_time=patch_time,
-        patch_freq=patch_freq,
-    )
+    if d < 1 or d_inner % d:
+        raise CheckpointMismatch(f"{source}: blocks.0.mixer.A_log has {d_inner} inner channels, not a multiple of "
+                                 f"cls_token's embedding size {d}")
+    try:
+        return SSAMConfig(
+            embed_dim=d,
+            depth=1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))),
+            d_state=d_state,
+            d_conv=state["blocks.0.mixer.conv1d.weight"].shape[-1],
+            expand=d_inner // d,
+            dt_rank=state["blocks.0.mixer.dt_proj.weight"].shape[1],
+            patch_time=patch_time,
+            patch_freq=patch_freq,
+        )
+    except ValueError as error:
+        raise CheckpointMismatch(f"{source}: the weights' shapes give an impossible SSAM config: {error}") from None
 
 
 def load(folder: str | Path, config: SSAMConfig | None = None) -> tuple[SSAMConfig, Any, Path]:

@@ -72,19 +72,21 @@ class Wav2Vec2Config:
     max_bucket_distance: int = 800
 
     @classmethod
-    def from_hf(cls, hf: Any) -> "Wav2Vec2Config":
-        """From a transformers config object; refuses the variants whose output this module would not match."""
-        source = getattr(hf, "_name_or_path", "") or hf.model_type
+    def from_hf(cls, hf: Any, source: str | None = None) -> "Wav2Vec2Config":
+        """From a transformers config object; refuses (CheckpointError naming `source`, e.g. the config.json,
+        and the field) the variants whose output this module would not match and inconsistent sizes."""
+        source = source or getattr(hf, "_name_or_path", "") or hf.model_type
         if getattr(hf, "add_adapter", False):
-            raise ValueError(f"{source}: config has add_adapter=True (a fine-tuning adapter); not supported")
+            raise ck.CheckpointError(f"{source}: config has add_adapter=True (a fine-tuning adapter); not supported")
         if getattr(hf, "adapter_attn_dim", None) is not None:
-            raise ValueError(f"{source}: config has adapter_attn_dim set (MMS language adapters); not supported")
+            raise ck.CheckpointError(f"{source}: config has adapter_attn_dim set (MMS language adapters); not supported")
         if hf.feat_extract_norm not in ("group", "layer"):
-            raise ValueError(f"{source}: feat_extract_norm={hf.feat_extract_norm!r}; expected 'group' or 'layer'")
+            raise ck.CheckpointError(f"{source}: feat_extract_norm={hf.feat_extract_norm!r}; expected 'group' or 'layer'")
         for field_name in ("hidden_act", "feat_extract_activation"):
             if getattr(hf, field_name) not in _ACTIVATIONS:
-                raise ValueError(f"{source}: {field_name}={getattr(hf, field_name)!r}; "
-                                 f"expected one of {sorted(_ACTIVATIONS)}")
+                raise ck.CheckpointError(f"{source}: {field_name}={getattr(hf, field_name)!r}; "
+                                         f"expected one of {sorted(_ACTIVATIONS)}")
+        _check_sizes(hf, source)
         return cls(
             model_type=hf.model_type,
             hidden_size=hf.hidden_size,
@@ -121,6 +123,25 @@ class Wav2Vec2Config:
         for k, s in reversed(list(zip(self.conv_kernel, self.conv_stride))):
             n = (n - 1) * s + k
         return n
+
+
+def _check_sizes(hf: Any, source: str) -> None:
+    """Refuse sizes the modules cannot be built with: non-positive counts or conv sizes, heads or
+    positional-conv groups that do not divide hidden_size (transformers checks the conv lists' lengths)."""
+    counts = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "num_conv_pos_embeddings", "num_conv_pos_embedding_groups")
+    for name in counts:
+        value = getattr(hf, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ck.CheckpointError(f"{source}: {name}={value!r}; expected a positive integer")
+    for name in ("num_attention_heads", "num_conv_pos_embedding_groups"):
+        if hf.hidden_size % getattr(hf, name):
+            raise ck.CheckpointError(f"{source}: {name}={getattr(hf, name)} does not divide "
+                                     f"hidden_size={hf.hidden_size}")
+    for name in ("conv_dim", "conv_kernel", "conv_stride"):
+        values = list(getattr(hf, name))
+        if not all(isinstance(v, int) and v >= 1 for v in values):
+            raise ck.CheckpointError(f"{source}: {name}={values}; expected positive integers")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,13 +419,19 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def read_config(folder: Path, expected_types: Sequence[str]) -> Any:
     """transformers config of `folder` (config.json through AutoConfig: no torch), checked for its model_type."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected a downloaded checkpoint folder)")
-    hf = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        hf = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError, StrictDataclassError) as error:
+        reason = " ".join(str(error).split())
+        raise ck.CheckpointError(f"{folder / 'config.json'}: not a readable transformers config ({reason})") from None
     if hf.model_type not in expected_types:
-        raise ValueError(f"{folder}/config.json: model_type {hf.model_type!r}; expected one of {list(expected_types)}")
+        raise ck.CheckpointError(f"{folder}/config.json: model_type {hf.model_type!r}; expected one of "
+                                 f"{list(expected_types)}")
     return hf
 
 
@@ -412,7 +439,7 @@ def load(folder: Path, model: Callable[[Wav2Vec2Config], nn.Module] | None = Non
          expected_types: Sequence[str] = ("wav2vec2", "hubert", "unispeech-sat")) -> tuple[Wav2Vec2Config, Any]:
     """(config, params) of a checkpoint folder (config.json + model.safetensors or pytorch_model.bin)."""
     folder = Path(folder)
-    cfg = Wav2Vec2Config.from_hf(read_config(folder, expected_types))
+    cfg = Wav2Vec2Config.from_hf(read_config(folder, expected_types), str(folder / "config.json"))
     module = (model or Wav2Vec2Model)(cfg)
     n = cfg.min_samples
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, n)), jnp.array([n]))["params"]
