@@ -5,7 +5,9 @@ once for all encoders and embedded, and each finished chunk is written atomicall
 ``.partial/<encoder>/chunk_<k>.npz``. A run killed at any point (SIGKILL included) and started again
 skips the chunks already there, then assembles the same bytes an uninterrupted run writes. Partial work
 is discarded when the fingerprint (what the embedding depends on, the manifest hash, batch size,
-on_error) changes. One extraction at a time per store (no locking).
+on_error) changes. Each chunk records its utterance ids, and a matrix is published only where the chunks'
+ids are exactly the manifest's, in order. One extraction at a time per store: `extract` holds the store's
+lock (``.lock``, `parrot_jax.locks`) throughout and refuses a second writer at once.
 
 Devices and hosts: encoders that run a JAX program split each batch over this host's chosen devices;
 under several processes each host embeds its share of the chunks and host 0 assembles the store.
@@ -13,6 +15,7 @@ under several processes each host embeds its share of the chunks and host 0 asse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -24,13 +27,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from parrot_jax import __version__
-from parrot_jax.audio import AudioError, check_length, load_audio
-from parrot_jax.corpora import Utterance, demo_corpus_root, load_manifest, resolve_inside
+from parrot_jax.audio import NOTES, AudioError, check_length, read_audio
+from parrot_jax.corpora import Utterance, audio_folder, demo_corpus_root, load_manifest, resolve_inside
 from parrot_jax.encoders import registry
 from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
+from parrot_jax.locks import exclusive
 
 ON_ERROR = ("raise", "skip")
+CHUNK_FORMAT = 2  # of the partial chunks: rows, accepted, reasons, ids, notes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -42,6 +47,13 @@ class EncoderSummary:
     computed_files: int  # files embedded in this run (0 where the store was already up to date)
     reused_files: int  # files whose rows came from an earlier (interrupted or finished) run
     features_sha256: str
+    notes: dict[str, int] = field(default_factory=dict)  # rows resampled / downmixed / misnamed (audio.NOTES)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], computed_files: int, reused_files: int) -> "EncoderSummary":
+        notes = {kind: len(meta.get("audio_notes", {}).get(kind, {})) for kind in NOTES}
+        return cls(meta["encoder"], len(meta["ids"]), len(meta["rejects"]), computed_files, reused_files,
+                   meta["features_sha256"], notes)  # fmt: skip
 
 
 @dataclass
@@ -68,14 +80,18 @@ class ExtractSummary:
     def text(self) -> str:
         lines = [f"corpus {self.corpus}: {self.files} files, {self.processed_files} processed in this run"]
         for e in self.encoders:
+            notes = ", ".join(f"{e.notes.get(kind, 0)} {kind.replace('misnamed', 'mis-named')}" for kind in NOTES)
             lines.append(
                 f"  {e.encoder}: {e.rows} rows, {e.rejects} rejects, {e.computed_files} computed, "
-                f"{e.reused_files} reused, sha256 {e.features_sha256[:12]}"
+                f"{e.reused_files} reused, sha256 {e.features_sha256[:12]}; audio {notes}"
             )
-        lines.append(
-            f"{self.seconds:.1f} s, {self.files_per_second:.1f} files/s, real-time factor {self.real_time_factor:.4f} "
-            f"({self.processed_audio_seconds:.1f} s of audio)"
-        )
+        if self.processed_files == 0:
+            lines.append(f"{self.seconds:.1f} s: every encoder was up to date, nothing extracted")
+        else:
+            lines.append(
+                f"{self.seconds:.1f} s, {self.files_per_second:.1f} files/s, real-time factor "
+                f"{self.real_time_factor:.4f} ({self.processed_audio_seconds:.1f} s of audio)"
+            )
         return "\n".join(lines)
 
 
@@ -149,13 +165,13 @@ def _start_job(
     store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
 ) -> _Job:
     partial = store / ".partial" / encoder.name
-    state = partial / "state.json"
-    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
-        shutil.rmtree(partial)  # work of another encoder config, manifest or batch size
+    state, wanted = partial / "state.json", {"fingerprint": fingerprint, "chunk_format": CHUNK_FORMAT}
+    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()) != wanted):
+        shutil.rmtree(partial)  # work of another encoder config, manifest, batch size or chunk format
     partial.mkdir(parents=True, exist_ok=True)
     remove_temporaries(partial)
     if not state.is_file():
-        write_json(state, {"fingerprint": fingerprint})
+        write_json(state, wanted)
     todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
     return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
 
@@ -165,10 +181,12 @@ def _embed_chunk(
     k: int,
     chunk: Sequence[Utterance],
     waves: Mapping[str, np.ndarray | AudioError],
+    notes: Mapping[str, dict[str, str]],
     root: Path,
     on_error: str,
 ) -> None:
-    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons.
+    """Embed one chunk with one encoder and write it atomically: rows, accepted mask, reasons, the
+    utterance ids, and each file's reading notes (JSON).
 
     A file is rejected (or, with on_error="raise", raises AudioError naming it) where its audio is bad, it
     is shorter than the encoder's `min_samples`, or the encoder gives it a non-finite embedding.
@@ -206,20 +224,26 @@ def _embed_chunk(
         rows = rows[finite]
     accepted = [i not in problems for i in range(len(chunk))]
     reasons = [problems.get(i, "") for i in range(len(chunk))]
-    arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str)}
+    arrays = {"rows": rows, "accepted": np.array(accepted), "reasons": np.array(reasons, dtype=str),
+              "ids": np.array([u.id for u in chunk], dtype=str),
+              "notes": np.array([json.dumps(notes.get(u.id, {}), sort_keys=True) for u in chunk], dtype=str)}
     atomic_write(_chunk_path(job.partial, k), lambda f: np.savez(f, **arrays))
     job.computed_files += len(chunk)
 
 
-def _load_waves(chunk: Sequence[Utterance], root: Path, sample_rate: int) -> dict[str, np.ndarray | AudioError]:
-    """Each utterance's waveform at `sample_rate`, or the AudioError saying why it has none."""
+def _load_waves(
+    chunk: Sequence[Utterance], root: Path, sample_rate: int
+) -> tuple[dict[str, np.ndarray | AudioError], dict[str, dict[str, str]]]:
+    """Each utterance's waveform at `sample_rate` (or the AudioError saying why it has none), and the
+    reading notes (resampled, downmixed, misnamed) of those read."""
     waves: dict[str, np.ndarray | AudioError] = {}
+    notes: dict[str, dict[str, str]] = {}
     for u in chunk:
         try:
-            waves[u.id] = load_audio(resolve_inside(root, u.path), sample_rate)
+            waves[u.id], notes[u.id] = read_audio(resolve_inside(root, u.path), sample_rate)
         except AudioError as error:
             waves[u.id] = error
-    return waves
+    return waves, notes
 
 
 def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
@@ -238,14 +262,30 @@ def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
 def _finish(
     job: _Job, store: Path, corpus: str, manifest: Sequence[Utterance], batch_size: int, on_error: str
 ) -> EncoderSummary:
-    """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit)."""
+    """Assemble the chunks into `<encoder>.npy`, then the rejects file, then the metadata (the commit).
+
+    Refuses (ValueError, nothing published) chunks whose utterance ids are not exactly the manifest's,
+    in order, or whose row counts differ from their accepted files."""
     encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
-    rows, accepted, reasons = [], [], []
+    rows, accepted, reasons, ids, notes = [], [], [], [], []
     for k in range(n_chunks):
-        with np.load(_chunk_path(job.partial, k), allow_pickle=False) as chunk:
+        path = _chunk_path(job.partial, k)
+        with np.load(path, allow_pickle=False) as chunk:
+            if len(chunk["rows"]) != int(chunk["accepted"].sum()):
+                raise ValueError(f"{path}: {len(chunk['rows'])} rows for {int(chunk['accepted'].sum())} accepted "
+                                 f"files; not publishing {encoder.name!r} (delete {job.partial} and extract again)")
             rows.append(chunk["rows"])
             accepted += chunk["accepted"].tolist()
             reasons += chunk["reasons"].tolist()
+            ids += chunk["ids"].tolist()
+            notes += [json.loads(text) for text in chunk["notes"].tolist()]
+    expected = [u.id for u in manifest]
+    if ids != expected:
+        i = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        got = ids[i] if i < len(ids) else "nothing"
+        raise ValueError(f"{job.partial}: row {i} of the chunks is {got!r}, the manifest's is "
+                         f"{expected[i] if i < len(expected) else 'nothing'!r} ({len(ids)} rows for {len(expected)} "
+                         f"utterances); not publishing {encoder.name!r} (delete {job.partial} and extract again)")
     rejects = [{"id": u.id, "path": u.path, "reason": r} for u, ok, r in zip(manifest, accepted, reasons) if not ok]
     if len(rejects) == len(manifest):
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
@@ -273,11 +313,12 @@ def _finish(
         "fingerprint": job.fingerprint,
         "ids": [u.id for u, ok in zip(manifest, accepted) if ok],
         "rejects": rejects,
+        "audio_notes": {kind: {u.id: n[kind] for u, ok, n in zip(manifest, accepted, notes) if ok and kind in n}
+                        for kind in NOTES},
     }
     write_json(store / f"{encoder.name}.json", meta)
     _remove_partial(job.partial)
-    return EncoderSummary(encoder.name, len(meta["ids"]), len(rejects), job.computed_files, job.reused_files,
-                          meta["features_sha256"])  # fmt: skip
+    return EncoderSummary.from_metadata(meta, job.computed_files, job.reused_files)
 
 
 def _remove_partial(partial: Path) -> None:
@@ -304,6 +345,7 @@ def extract(
     checkpoints: Mapping[str, Path] | None = None,
     progress: bool = True,
     devices: str | None = None,
+    start_over: bool = False,
 ) -> ExtractSummary:
     """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
 
@@ -314,6 +356,11 @@ def extract(
     hash) is not recomputed; an interrupted one resumes from its finished chunks. For corpus "demo" with no
     root, the demo corpus is generated in `demo_corpus/` first.
 
+    One writer at a time: the store is locked (`parrot_jax.locks`) for the whole extraction, and a second
+    extraction into it is refused at once (`locks.Locked`, naming the store and the holder). A store whose
+    finished features were extracted from another manifest is refused (ValueError naming both) unless
+    `start_over`, which empties it first.
+
     Devices and hosts (`parrot_jax.distributed`): `devices` (default `$PARROT_DEVICES`, else all) picks the
     devices; encoders with ``use_devices`` split each batch over this host's chosen ones. Under several
     processes (jax.distributed) each host embeds its own contiguous share of the chunks into the shared
@@ -322,15 +369,31 @@ def extract(
     """
     from parrot_jax import distributed as dist
 
+    if not encoders:
+        raise ValueError("no encoders given: expected registry names such as mfcc-stats,logmel-stats")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     root = _corpus_root(corpus, root)  # generating the demo corpus is not part of the timing
+    store = Path(out) / corpus
+    with exclusive(store, "feature store") if dist.is_coordinator() else contextlib.nullcontext():
+        return _extract(corpus, root, encoders, store, batch_size, on_error, checkpoints or {}, progress, devices,
+                        start_over)  # fmt: skip
+
+
+def _extract(
+    corpus: str, root: Path, encoders: Sequence[str | registry.Encoder], store: Path, batch_size: int, on_error: str,
+    checkpoints: Mapping[str, Path], progress: bool, devices: str | None, start_over: bool,
+) -> ExtractSummary:
+    """`extract`'s work, under the store's lock (on host 0)."""
+    from parrot_jax import distributed as dist
+
     start = time.perf_counter()
     manifest = load_manifest(corpus, root)
+    audio_root = audio_folder(corpus, root)  # what the manifest's paths are relative to
     digest = manifest_sha256(manifest)
-    built = [_build(e, checkpoints or {}) for e in encoders]
+    built = [_build(e, checkpoints) for e in encoders]
     names = [e.name for e in built]
     for name in names:
         if not _NAME.match(name):
@@ -341,11 +404,9 @@ def extract(
     for encoder in built:
         if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
             encoder.use_devices(mesh)
-    store = Path(out) / corpus
     if dist.is_coordinator():
-        store.mkdir(parents=True, exist_ok=True)
         remove_temporaries(store)
-        write_store_manifest(store, corpus, manifest)
+        write_store_manifest(store, corpus, manifest, str(root), start_over)
     n_chunks = -(-len(manifest) // batch_size)
     chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
     if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
@@ -363,9 +424,11 @@ def extract(
     with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
         for k in todo:
             needed = [job for job in jobs if k in job.todo]
-            waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
+            rates = {job.encoder.sample_rate for job in needed}
+            read = {rate: _load_waves(chunk(k), audio_root, rate) for rate in rates}
             for job in needed:
-                _embed_chunk(job, k, chunk(k), waves[job.encoder.sample_rate], root, on_error)
+                waves, notes = read[job.encoder.sample_rate]
+                _embed_chunk(job, k, chunk(k), waves, notes, audio_root, on_error)
             bar.update(len(chunk(k)))
     dist.barrier(f"extract {store}: embedded")
     for job in jobs:
@@ -375,8 +438,7 @@ def extract(
     for job in jobs:
         if not dist.is_coordinator():
             meta = read_metadata(store, corpus, job.encoder.name)
-            summaries[job.encoder.name] = EncoderSummary(job.encoder.name, len(meta["ids"]), len(meta["rejects"]),
-                                                         job.computed_files, job.reused_files, meta["features_sha256"])
+            summaries[job.encoder.name] = EncoderSummary.from_metadata(meta, job.computed_files, job.reused_files)
     audio_seconds = sum(u.duration for u in processed if u.duration is not None)
     return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
                           [summaries[name] for name in names])  # fmt: skip
@@ -396,8 +458,7 @@ def _plan_jobs(
         if _up_to_date(store, encoder.name, fingerprint):
             _remove_partial(store / ".partial" / encoder.name)
             meta = read_metadata(store, corpus, encoder.name)
-            summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
-                                                     len(manifest), meta["features_sha256"])  # fmt: skip
+            summaries[encoder.name] = EncoderSummary.from_metadata(meta, 0, len(manifest))
             continue
         job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
         job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)

@@ -7,10 +7,12 @@ Layout under ``out/<corpus>/`` (written by `parrot_jax.extraction.extract`):
 - ``<encoder>.npy``: float32 [N, D], one row per accepted utterance, in manifest order.
 - ``<encoder>.json``: encoder name, its ``metadata()`` (config, checkpoint hash, pooling), dim, sample
   rate, row ids, manifest hash, the sha256 of the ``.npy`` file (the content hash the grid uses to decide
-  whether a finished cell is still valid), rejects, package version. Written last: its presence with a
-  matching fingerprint is what "finished" means.
+  whether a finished cell is still valid), rejects, the rows' reading notes (``audio_notes``: ids of the
+  files resampled, downmixed, or in another container than their suffix names), package version.
+  Written last: its presence with a matching fingerprint is what "finished" means.
 - ``<encoder>.rejects.tsv``: ``id  path  reason`` of each file left out (``on_error="skip"``).
 - ``.partial/<encoder>/``: the finished chunks of an interrupted extraction.
+- ``.lock``: held by the extraction writing the store (`parrot_jax.locks`).
 
 `load_features` reads one (corpus, encoder) entry and verifies it; `load_corpus` joins a corpus's
 entries into aligned matrices (`CorpusData`), refusing sets whose utterances or labels disagree.
@@ -19,14 +21,16 @@ entries into aligned matrices (`CorpusData`), refusing sets whose utterances or 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from parrot_jax.corpora import LABELS, Utterance
 from parrot_jax.files import sha256_file, sha256_json, write_json
+from parrot_jax.locks import LOCK_NAME
 
 FORMAT_VERSION = 1
 MMAP_BYTES = 64 << 20  # load_features memory-maps matrices larger than this by default
@@ -49,12 +53,39 @@ def read_store_manifest(out: Path, corpus: str) -> list[Utterance]:
     return [Utterance(**u) for u in json.loads(path.read_text())["utterances"]]
 
 
-def write_store_manifest(store: Path, corpus: str, manifest: Sequence[Utterance]) -> None:
+def _describe_manifest(saved: Mapping[str, Any]) -> str:
+    return (f"{saved.get('source') or 'a corpus'} ({len(saved['utterances'])} utterances, manifest "
+            f"{saved['manifest_sha256'][:12]})")
+
+
+def write_store_manifest(
+    store: Path, corpus: str, manifest: Sequence[Utterance], source: str, start_over: bool = False
+) -> None:
+    """Write the store's manifest.json (`source`: where the corpus was read from).
+
+    A store never silently replaces a manifest that finished features were extracted against: a different
+    one (another corpus under the same name, or a changed copy) is refused with a ValueError naming both,
+    unless `start_over`, which first removes everything the store holds."""
     path = store / "manifest.json"
     digest = manifest_sha256(manifest)
-    if path.is_file() and json.loads(path.read_text()).get("manifest_sha256") == digest:
-        return
-    write_json(path, {"corpus": corpus, "manifest_sha256": digest, "utterances": [u.to_dict() for u in manifest]})
+    new = {"corpus": corpus, "source": source, "manifest_sha256": digest, "utterances": [u.to_dict() for u in manifest]}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("manifest_sha256") == digest:
+            return
+        extracted = sorted(p.stem for p in store.glob("*.json") if p != path)
+        if extracted and not start_over:
+            raise ValueError(
+                f"the store {store} holds features ({', '.join(extracted)}) of {_describe_manifest(saved)}; this "
+                f"extraction reads {_describe_manifest(new)}, a different corpus or a changed one. Extract into "
+                "another --out (or under another corpus name), or pass --start-over to replace them"
+            )
+        for entry in store.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != LOCK_NAME:
+                entry.unlink()
+    write_json(path, new)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def test_rows_equal_the_encoders_on_each_file(demo: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "demo" / ".partial").exists()
     assert read_store_manifest(tmp_path, "demo") == manifest
     # a second run recomputes nothing and leaves the bytes as they were
-    before = {p.name: _sha(p) for p in (tmp_path / "demo").iterdir()}
+    store_bytes = lambda: {p.name: _sha(p) for p in (tmp_path / "demo").iterdir() if p.name != ".lock"}  # noqa: E731
+    before = store_bytes()  # (.lock records the last holder)
     again = extract("demo", demo, ENCODERS, tmp_path, batch_size=5, progress=False)
     assert again.processed_files == 0 and [e.computed_files for e in again.encoders] == [0, 0]
-    assert {p.name: _sha(p) for p in (tmp_path / "demo").iterdir()} == before
+    assert store_bytes() == before
 
 
 def test_large_stores_are_memory_mapped(demo: Path, tmp_path: Path) -> None:
@@ -142,12 +144,25 @@ def test_manifest_mismatch_is_refused(demo: Path, tmp_path: Path) -> None:
                        r"was extracted from \([0-9a-f]{12}\): re-run extraction of 'logmel-stats'"):  # fmt: skip
         load_features(tmp_path / "f", "emodb", "logmel-stats", manifest=now)
     assert load_features(tmp_path / "f", "emodb", "logmel-stats", manifest=before).matrix.shape[0] == 6
-    # extracting another encoder on the grown corpus rewrites the store's manifest: the old one is refused
-    extract("emodb", corpus, ["mfcc-stats"], tmp_path / "f", progress=False)
-    with pytest.raises(ValueError, match=r"logmel-stats\.json was extracted from manifest [0-9a-f]{12}, but .*"
+    # the grown corpus may not silently replace the manifest the stored features were extracted from
+    message = (rf"the store {re.escape(str(tmp_path / 'f' / 'emodb'))} holds features \(logmel-stats\) of "
+               rf"{re.escape(str(corpus))} \(6 utterances, manifest [0-9a-f]{{12}}\); this extraction reads "
+               rf"{re.escape(str(corpus))} \(7 utterances, manifest [0-9a-f]{{12}}\), a different corpus or a "
+               r"changed one\. Extract into another --out \(or under another corpus name\), or pass --start-over")
+    with pytest.raises(ValueError, match=message):
+        extract("emodb", corpus, ["mfcc-stats"], tmp_path / "f", progress=False)
+    assert load_features(tmp_path / "f", "emodb", "logmel-stats", manifest=before).matrix.shape[0] == 6
+    extract("emodb", corpus, ["mfcc-stats"], tmp_path / "f", progress=False, start_over=True)
+    assert sorted(p.name for p in (tmp_path / "f" / "emodb").iterdir()) == [
+        ".lock", "manifest.json", "mfcc-stats.json", "mfcc-stats.npy", "mfcc-stats.rejects.tsv"]
+    assert load_features(tmp_path / "f", "emodb", "mfcc-stats").matrix.shape[0] == 7
+    # features whose manifest differs from the store's (a hand-edited store) are refused
+    (tmp_path / "f" / "emodb" / "logmel-stats.json").write_text(json.dumps({
+        **json.loads((tmp_path / "f" / "emodb" / "mfcc-stats.json").read_text()), "manifest_sha256": "0" * 64}))
+    (tmp_path / "f" / "emodb" / "logmel-stats.npy").write_bytes((tmp_path / "f" / "emodb" / "mfcc-stats.npy").read_bytes())
+    with pytest.raises(ValueError, match=r"logmel-stats\.json was extracted from manifest 000000000000, but .*"
                        r"manifest\.json is now [0-9a-f]{12} \(the corpus changed since\)"):  # fmt: skip
         load_features(tmp_path / "f", "emodb", "logmel-stats")
-    assert load_features(tmp_path / "f", "emodb", "mfcc-stats").matrix.shape[0] == 7
     # a tampered matrix is refused by its content hash
     npy = tmp_path / "f" / "emodb" / "mfcc-stats.npy"
     data = bytearray(npy.read_bytes())
@@ -270,3 +285,95 @@ def test_interruption_while_finishing_resumes_without_recomputing(
         reference_file = tmp_path / "reference" / "demo" / f"logmel-stats{suffix}"
         assert (store / f"logmel-stats{suffix}").read_bytes() == reference_file.read_bytes()
     assert resumed.encoders[0].features_sha256 == reference.encoders[0].features_sha256
+
+
+def test_csv_file_as_root_extracts_and_notes_what_reading_changed(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    names = sorted(p.name for p in (demo / "wav").iterdir())[:3]
+    for name in names[:2]:
+        (corpus / "wav" / name).write_bytes((demo / "wav" / name).read_bytes())
+    wave, rate = sf.read(demo / "wav" / names[2])
+    sf.write(corpus / "wav" / names[2], np.stack([wave, wave], axis=1), rate, format="AIFF")  # stereo AIFF as .wav
+    (corpus / "wav" / "x.flac").write_bytes(b"")
+    sf.write(corpus / "wav" / "x.flac", sf.read(demo / "wav" / names[0])[0], 8000)  # 8 kHz
+    csv_file = corpus / "good.csv"
+    csv_file.write_text("path,label\n" + "".join(f"wav/{n},anger\n" for n in [*names, "x.flac"]))
+    out = tmp_path / "out"
+    args = ["extract", "--corpus", "csv", "--root", str(csv_file), "--encoders", "logmel-stats", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "logmel-stats: 4 rows, 0 rejects" in text and "audio 1 resampled, 1 downmixed, 1 mis-named" in text
+    meta = load_features(out, "csv", "logmel-stats").metadata
+    stem = f"wav/{Path(names[2]).stem}"
+    assert meta["audio_notes"] == {"resampled": {"wav/x": "from 8000 Hz"}, "downmixed": {stem: "from 2 channels"},
+                                   "misnamed": {stem: "AIFF audio in a .wav file"}}  # fmt: skip
+    assert main(args) == 0  # up to date: no rate of nothing
+    text = capsys.readouterr().out
+    assert "every encoder was up to date, nothing extracted" in text and "nan" not in text
+
+
+def test_chunks_of_other_utterances_are_never_published(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import parrot_jax.extraction as extraction
+
+    out = tmp_path / "out"
+    reference = extract("demo", demo, ["logmel-stats"], tmp_path / "reference", batch_size=6, progress=False)
+    real_finish = extraction._finish
+
+    def swap_two_chunks(job, *args, **kwargs):
+        first, second = extraction._chunk_path(job.partial, 0), extraction._chunk_path(job.partial, 1)
+        data = first.read_bytes()
+        first.write_bytes(second.read_bytes())
+        second.write_bytes(data)
+        return real_finish(job, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "_finish", swap_two_chunks)
+    with pytest.raises(ValueError, match=r"row 0 of the chunks is '01a02Ta', the manifest's is '01a01Fa' "
+                       r"\(24 rows for 24 utterances\); not publishing 'logmel-stats'"):  # fmt: skip
+        extract("demo", demo, ["logmel-stats"], out, batch_size=6, progress=False)
+    monkeypatch.setattr(extraction, "_finish", real_finish)
+    assert not (out / "demo" / "logmel-stats.npy").exists() and not (out / "demo" / "logmel-stats.json").exists()
+    with pytest.raises(ValueError, match=r"not publishing 'logmel-stats'"):  # resuming finds the same chunks
+        extract("demo", demo, ["logmel-stats"], out, batch_size=6, progress=False)
+    shutil.rmtree(out / "demo" / ".partial" / "logmel-stats")  # as the message says
+    assert extract("demo", demo, ["logmel-stats"], out, batch_size=6, progress=False).encoders == reference.encoders
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("parrot")
+    if not script.is_file():
+        pytest.skip(f"the `parrot` console script is not installed beside {sys.executable}")
+    return str(script)
+
+
+@pytest.mark.slow
+def test_concurrent_extractions_never_publish_a_wrong_store(tmp_path: Path) -> None:
+    """Two `parrot extract` runs on one store, with different batch sizes, started together: the second is
+    refused at once naming the store and the first's process; the store equals an uninterrupted run's."""
+    root = generate_demo_corpus(tmp_path / "corpus", seed=2, n_speakers=2, n_texts=6)  # 48 files
+    for batch_size in (1, 5):
+        extract("demo", root, ENCODERS, tmp_path / f"reference{batch_size}", batch_size=batch_size, progress=False)
+    out = tmp_path / "shared"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    runs = [subprocess.Popen([_console_script(), "extract", "--corpus", "demo", "--root", str(root), "--encoders",
+                              ",".join(ENCODERS), "--out", str(out), "--batch-size", str(batch_size), "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for batch_size in (1, 5)]  # fmt: skip
+    results = [(run.pid, *run.communicate(timeout=300), run.returncode) for run in runs]
+    finished = [batch for batch, (_, _, _, code) in zip((1, 5), results) if code == 0]
+    assert finished, results
+    for (pid, _, err, code), (other, *_) in zip(results, results[::-1]):
+        if code != 0:
+            assert code == 1 and re.fullmatch(rf"parrot extract: error: feature store {re.escape(str(out / 'demo'))} "
+                                              rf"is in use by process {other} on .*\n", err), err
+    store = out / "demo"
+    for name in ENCODERS:
+        assert (store / f"{name}.npy").read_bytes() == (tmp_path / "reference1" / "demo" / f"{name}.npy").read_bytes()
+        written = (store / f"{name}.json").read_bytes()
+        assert written in [(tmp_path / f"reference{b}" / "demo" / f"{name}.json").read_bytes() for b in finished]
+        assert load_features(out, "demo", name).ids == tuple(u.id for u in load_manifest("demo", root))
