@@ -187,10 +187,19 @@ def config_dict(config: GridConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
+def _check_fields(group: str, options: dict, kind: type, set_elsewhere: str) -> None:
+    """Refuse keys of `options` (``config.train`` / ``config.model``) that are not fields of `kind`."""
+    known = [f.name for f in dataclasses.fields(kind) if f.name != set_elsewhere]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"{group}.{key}: {kind.__name__} has no field {key!r}; known: {', '.join(known)}")
+
+
 def train_config(config: GridConfig):
     """The `TrainConfig` of every neural cell: the paper's defaults, ``config.train``, ``config.seeds``."""
     from parrot_jax.training import TrainConfig
 
+    _check_fields("train", config.train, TrainConfig, "seeds")
     return TrainConfig(**{**config.train, "seeds": tuple(config.seeds)})
 
 
@@ -198,4 +207,5 @@ def model_config(config: GridConfig, num_classes: int):
     """The `ModelConfig` of every neural cell: its defaults, ``config.model``, the corpus's class count."""
     from parrot_jax.models import ModelConfig
 
+    _check_fields("model", config.model, ModelConfig, "num_classes")
     return ModelConfig.from_dict({**config.model, "num_classes": num_classes})

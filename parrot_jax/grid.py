@@ -42,6 +42,17 @@ def cell_folds(config: GridConfig, data: CorpusData):
                       config.val_fraction)
 
 
+def check_run(config: GridConfig, data: dict[str, CorpusData]) -> dict[str, list]:
+    """Each corpus's folds, after checking what a run would otherwise refuse midway (dry runs check it
+    too): the train and model overrides, and the folds (protocol, folds vs speakers, val_fraction)."""
+    train_config(config)
+    folds = {}
+    for corpus, corpus_data in data.items():
+        model_config(config, len(corpus_data.class_names))
+        folds[corpus] = cell_folds(config, corpus_data)
+    return folds
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -62,11 +73,12 @@ def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Call
                disable=disable)
 
     def progress(epoch: int, stats: dict) -> None:
-        active = np.asarray(stats["active"])
+        active, val_acc = np.asarray(stats["active"]), np.asarray(stats["val_accuracy"])
         bar.update(epoch - bar.n)
-        bar.set_postfix(loss=f"{np.nanmean(stats['train_loss']):.3f}",
-                        val_acc=f"{np.nanmean(stats['val_accuracy']):.3f}",
-                        active=f"{int(active.sum())}/{active.size}")
+        shown = {"loss": f"{np.nanmean(stats['train_loss']):.3f}"}
+        if np.isfinite(val_acc).any():  # members without validation rows (val_fraction=0) report NaN
+            shown["val_acc"] = f"{np.nanmean(val_acc):.3f}"
+        bar.set_postfix(**shown, active=f"{int(active.sum())}/{active.size}")
 
     return bar, progress
 
@@ -199,6 +211,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     ]
     # every process runs the cells process 0 found missing (a file may appear while others look)
     status = {cell.name: STATUSES[i] for cell, i in zip(cells, dist.from_coordinator(np.array(found, np.int32)))}
+    folds = check_run(config, data)
     if dry_run:
         echo(f"{len(cells)} cells in {config.run_dir} ({sum(s == 'done' for s in status.values())} done):")
         for cell in cells:
@@ -213,13 +226,10 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     groups = pack_groups(todo, config, data)
     packed = f" as {len(groups)} program(s) (pack_cells={config.pack_cells})" if len(groups) < len(todo) else ""
     echo(f"{len(cells)} cells: {len(cells) - len(todo)} done and unchanged (skipped), {len(todo)} to run{packed}")
-    folds = {}
     with tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True, disable=not writer) as bar:
         for group in groups:
             bar.set_postfix_str(", ".join(c.name for c in group))
             corpus = group[0].corpus
-            if corpus not in folds:
-                folds[corpus] = cell_folds(config, data[corpus])
             records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys)
             if writer:
                 for cell, record in zip(group, records):
@@ -232,12 +242,12 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
         cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
         row_order = list(dict.fromkeys(c.abbrev for c in cells))
         report.write_tables(cell_records, config.run_dir, row_order)
-        draw_figures(config, cells, records, echo)
         write_json(config.run_dir / "grid.json", {
             "config": config_dict(config), "provenance": provenance, "notes": notes,
             "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
             "seconds": seconds, "versions": versions(),
         })
+        draw_figures(config, cells, records, echo)
     dist.barrier("parrot-grid-tables-written")
     tables = {t: (config.run_dir / f"table{t}.md").read_text() for t in sorted({c.table for c in cells})}
     return GridOutcome(cells, status, records, tables, seconds)
@@ -277,7 +287,11 @@ def draw_figures(config: GridConfig, cells: Sequence[Cell], records: dict[str, d
         if acts:
             with np.load(config.run_dir / "cells" / acts) as saved:
                 activations, labels = saved["activations"], saved["labels"]
-            points = report.tsne_embedding(activations, seed=config.split_seed)
+            try:
+                points = report.tsne_embedding(activations, seed=config.split_seed)
+            except report.FigureSkipped as reason:
+                echo(f"figures: t-SNE of {cell.name} skipped: {reason}")
+                continue
             path = config.run_dir / f"tsne_{cell.name}.png"
             report.plot_tsne(points, labels, record["class_names"], f"{title} (penultimate layer)", path)
             written.append(path)

@@ -288,17 +288,41 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str
     plt.close(fig)
 
 
+class FigureSkipped(ValueError):
+    """A figure that cannot be drawn from its input; the message says why."""
+
+
 def tsne_embedding(activations: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of [N, D] activations (sklearn, PCA init, perplexity min(30, (N - 1) / 3))."""
-    from sklearn.manifold import TSNE
+    """2-D t-SNE of [N, D] activations (sklearn, PCA init, perplexity min(30, (N - 1) / 3)).
+
+    Raises FigureSkipped where the input cannot be mapped: not [N >= 5, D], non-finite values, or every
+    row equal (PCA initialisation divides by zero there, and sklearn's native code then crashes the
+    process). t-SNE runs in a child process, so that a crash in native code ends only the child: it is
+    reported as FigureSkipped too.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
 
     activations = np.asarray(activations, dtype=np.float64)
     n = activations.shape[0]
     if activations.ndim != 2 or n < 5:
-        raise ValueError(f"t-SNE needs a [N >= 5, D] matrix, got shape {activations.shape}")
+        raise FigureSkipped(f"t-SNE needs a [N >= 5, D] matrix, got shape {activations.shape}")
     if not np.isfinite(activations).all():
-        raise ValueError("t-SNE input holds NaN or inf activations")
+        raise FigureSkipped("t-SNE input holds NaN or inf activations")
+    if np.all(activations == activations[0]):
+        raise FigureSkipped(f"all {n} rows of the activations are equal: nothing for t-SNE to map")
     perplexity = min(30.0, (n - 1) / 3.0)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(_tsne, activations, perplexity, seed).result()
+        except BrokenProcessPool:
+            raise FigureSkipped("t-SNE crashed in native code (its process died)") from None
+
+
+def _tsne(activations: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(activations)
 
 

@@ -75,7 +75,9 @@ def make_folds(
         raise ValueError(f"speakers: expected shape {labels.shape} (one per label), got {speakers.shape}")
     distinct = np.unique(speakers)
     if len(distinct) < k:
-        raise ValueError(f"speaker {k}-fold split needs at least {k} speakers, got {len(distinct)}: {distinct.tolist()}")
+        raise ValueError(f"speaker {k}-fold split needs at least {k} speakers, got {len(distinct)}: "
+                         f"{distinct.tolist()}; use at most {len(distinct)} folds (--folds {len(distinct)}) or "
+                         "the stratified protocol (--protocol stratified)")
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, labels, speakers)
     rng = np.random.default_rng(seed)
     folds = []
@@ -100,7 +102,9 @@ def _speaker_val(rest: np.ndarray, speakers: np.ndarray, val_fraction: float, rn
         return np.empty(0, dtype=np.int64)
     pool = np.unique(speakers[rest])
     if len(pool) < 2:
-        raise ValueError(f"cannot carve a validation speaker from a training part with one speaker ({pool.tolist()})")
+        raise ValueError(f"cannot carve a validation speaker from a training part with one speaker ({pool.tolist()}); "
+                         "train without validation (--set val_fraction=0), or with more speakers per training part "
+                         "(more folds)")
     n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
     chosen = rng.choice(pool, size=n_val, replace=False)
     return rest[np.isin(speakers[rest], chosen)]

@@ -188,17 +188,26 @@ def test_key_follows_config_and_features(store):
 # a real run, killed and resumed
 
 
-def _grid(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_MININTERVAL="0")
-    return subprocess.Popen([sys.executable, str(REPO / "experiments" / "run_grid.py"), "--config", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+def _grid(config: Path, *extra: str, console_script: bool = False) -> subprocess.Popen:
+    """`python experiments/run_grid.py --config CONFIG ...`, or the installed `parrot grid` console script."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_MININTERVAL="0", PYTHONPATH=str(REPO))
+    command = [sys.executable, str(REPO / "experiments" / "run_grid.py")]
+    if console_script:
+        script = Path(sys.executable).with_name("parrot")
+        if not script.is_file():
+            pytest.skip(f"the `parrot` console script is not installed beside {sys.executable}")
+        command = [str(script), "grid"]
+    return subprocess.Popen([*command, "--config", str(config), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 @pytest.mark.slow
 def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
+    """`parrot grid --run killed` SIGKILLed mid-run, then run again, reruns only the unfinished cells; the
+    same grid through experiments/run_grid.py (one code path) finds every cell done."""
     config = _config_file(tmp_path, store)
-    cells_dir = tmp_path / "results" / "tiny" / "cells"
-    proc = _grid(config)
+    cells_dir = tmp_path / "results" / "killed" / "cells"
+    proc = _grid(config, "--run", "killed", console_script=True)
     deadline = time.time() + 240
     while len(list(cells_dir.glob("*.json"))) < 3:  # SVMs first, then at least one trained cell
         assert proc.poll() is None, proc.stdout.read()
@@ -211,7 +220,7 @@ def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
         json.loads(text)  # every file present is a complete cell
     assert 3 <= len(finished) < 6  # 2 encoders x (svm, fcn) + 1 pair x (concat, parrot)
 
-    rerun = _grid(config)
+    rerun = _grid(config, "--run", "killed", console_script=True)
     out, _ = rerun.communicate(timeout=400)
     assert rerun.returncode == 0, out
     assert f"6 cells: {len(finished)} done and unchanged (skipped), {6 - len(finished)} to run" in out
@@ -219,7 +228,8 @@ def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
     assert len(list(cells_dir.glob("*.json"))) == 6 and not list(cells_dir.glob(".*tmp*"))
 
     # outputs of the finished grid
-    run = tmp_path / "results" / "tiny"
+    run = tmp_path / "results" / "killed"
+    assert not (tmp_path / "results" / "tiny").exists()
     for name in ("table1.md", "table1.csv", "table1.png", "table2.md", "table2.csv", "table2.png", "grid.json"):
         assert (run / name).is_file(), name
     best = json.loads((run / "grid.json").read_text())
@@ -237,7 +247,10 @@ def test_sigkill_loses_only_the_cell_in_flight(tmp_path, store):
     assert record["timings"]["train_seconds"] > 0
 
     # a changed setting reruns the cells it touches, and only those
-    dry = _grid(config, "--dry-run", "--set", "train.epochs=3")
+    dry = _grid(config, "--run", "killed", "--dry-run")
+    out, _ = dry.communicate(timeout=120)
+    assert [line.split("]")[0].strip(" [") for line in out.splitlines() if line.startswith("  [")] == ["done"] * 6, out
+    dry = _grid(config, "--run", "killed", "--dry-run", "--set", "train.epochs=3")
     out, _ = dry.communicate(timeout=120)
     status = [line.split("]")[0].strip(" [") for line in out.splitlines() if line.startswith("  [")]
     assert status == ["done"] * 2 + ["changed"] * 4, out  # the SVM rows do not depend on epochs
@@ -370,3 +383,30 @@ def test_two_processes_run_the_grid_and_only_host_0_writes(tmp_path, equal_store
     from parrot_jax.saved_model import load_model
 
     assert load_model(run / "models" / "demo__parrot__wavlm-base+hubert-base").members == 3  # 3 folds x 1 seed
+
+
+def test_degenerate_tsne_is_skipped_with_a_line(tmp_path):
+    """Penultimate activations all equal (a corpus of one repeated recording) used to segfault the grid."""
+    config = GridConfig(run="same", results=str(tmp_path), figures=("demo__parrot__a+b",))
+    cell = Cell("demo", 2, "parrot", ("a", "b"))
+    (config.run_dir / "cells").mkdir(parents=True)
+    np.savez(config.run_dir / "cells" / "acts.npz", activations=np.ones((30, 8), np.float32),
+             labels=np.repeat(np.arange(3), 10))
+    record = {"confusion": [[10, 0, 0], [10, 0, 0], [10, 0, 0]], "class_names": ["anger", "fear", "sadness"],
+              "artifacts": {"penultimate": "acts.npz"}}
+    lines = []
+    written = grid.draw_figures(config, [cell], {cell.name: record}, lines.append)
+    assert written == [config.run_dir / "confusion_demo__parrot__a+b.png"] and written[0].is_file()
+    assert lines == ["figures: t-SNE of demo__parrot__a+b skipped: all 30 rows of the activations are equal: "
+                     "nothing for t-SNE to map"]
+
+
+def test_progress_without_validation_rows_shows_no_nan(recwarn):
+    bar, progress = grid._epoch_bar(3, "cell", disable=True)
+    progress(1, {"active": np.ones(3, bool), "train_loss": np.array([1.0, 2.0, 3.0]),
+                 "val_accuracy": np.full(3, np.nan)})
+    assert "nan" not in str(bar.postfix) and "val_acc" not in str(bar.postfix) and "loss=2.000" in str(bar.postfix)
+    progress(2, {"active": np.ones(3, bool), "train_loss": np.ones(3), "val_accuracy": np.array([0.5, np.nan, 1.0])})
+    assert "val_acc=0.750" in str(bar.postfix)
+    bar.close()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -15,6 +15,7 @@ from parrot_jax.report import (
     plot_tsne,
     read_paper_tables,
     table_rows,
+    FigureSkipped,
     tsne_embedding,
     write_tables,
 )
@@ -136,3 +137,28 @@ def test_tsne_keeps_separated_classes_apart(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="t-SNE input holds NaN"):
         tsne_embedding(np.full((6, 2), np.nan))
+
+
+@pytest.mark.parametrize("activations,message", [
+    (np.ones((40, 8)), r"all 40 rows of the activations are equal: nothing for t-SNE to map"),
+    (np.ones((4, 8)), r"t-SNE needs a \[N >= 5, D\] matrix, got shape \(4, 8\)"),
+])  # fmt: skip
+def test_degenerate_tsne_input_is_skipped_not_crashed(activations, message):
+    with pytest.raises(FigureSkipped, match=message):
+        tsne_embedding(activations)
+
+
+def test_a_native_crash_in_tsne_is_a_skipped_figure(monkeypatch):
+    """The t-SNE process dying (as sklearn's native code does on all-equal input) leaves the caller alive."""
+    import parrot_jax.report as report
+
+    monkeypatch.setattr(report, "_tsne", _die)
+    with pytest.raises(FigureSkipped, match=r"t-SNE crashed in native code \(its process died\)"):
+        report.tsne_embedding(np.random.default_rng(0).normal(size=(10, 3)))
+
+
+def _die(*args):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)

@@ -89,8 +89,13 @@ def test_errors_name_the_values():
     tiny = np.array([0] * 10 + [1] * 3)
     with pytest.raises(ValueError, match=re.escape("these have fewer: {'1': 3}")):
         make_folds(tiny, protocol="stratified", k=5)
-    with pytest.raises(ValueError, match=r"needs at least 5 speakers, got 3: \[0, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"needs at least 5 speakers, got 3: \[0, 1, 2\]; use at most 3 folds "
+                       r"\(--folds 3\) or the stratified protocol \(--protocol stratified\)"):  # fmt: skip
         make_folds(labels, speakers % 3, protocol="speaker", k=5)
+    with pytest.raises(ValueError, match=r"training part with one speaker \(\[[01]\]\); train without validation "
+                       r"\(--set val_fraction=0\)"):  # fmt: skip
+        make_folds(labels, speakers % 2, protocol="speaker", k=2)
+    assert len(make_folds(labels, speakers % 2, protocol="speaker", k=2, val_fraction=0.0)) == 2
     with pytest.raises(ValueError, match="needs the speakers array"):
         make_folds(labels, protocol="speaker")
     with pytest.raises(ValueError, match="protocol: expected one of"):
