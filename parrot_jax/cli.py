@@ -2,14 +2,18 @@
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and sets
 `handler`; the work itself lives in the library modules. All argument parsing of the project is here.
-Library errors (bad values, missing files) become one line on stderr and exit status 1.
+Every error that reaches the command becomes one line on stderr, ``parrot <command>: error: ...``, and
+exit status 1; ``--debug`` (or ``PARROT_DEBUG=1``) lets the traceback through instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from parrot_jax.locks import Locked
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -28,19 +32,17 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint folder of one encoder (overrides --checkpoints; repeatable)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--start-over", action="store_true", help="replace a store whose features were extracted from "
+                   "another corpus or an older copy of this one (else refused)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> int:
         from parrot_jax.extraction import extract, resolve_checkpoints
 
         names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        try:
-            explicit = _name_paths(args.checkpoint, "--checkpoint")
-            checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
-            summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
-                              progress=not args.no_progress)  # fmt: skip
-        except (ValueError, FileNotFoundError, ImportError) as error:
-            print(f"parrot extract: error: {error}", file=sys.stderr)
-            return 1
+        explicit = _name_paths(args.checkpoint, "--checkpoint")
+        checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
+        summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
+                          progress=not args.no_progress, start_over=args.start_over)  # fmt: skip
         print(summary.text())
         return 0
 
@@ -59,11 +61,7 @@ def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from parrot_jax.corpora import verify_corpus
 
-        try:
-            report = verify_corpus(args.corpus, args.root, args.file_list)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"parrot verify-corpus: error: {error}", file=sys.stderr)
-            return 1
+        report = verify_corpus(args.corpus, args.root, args.file_list)
         for kind, counts in report.counts.items():
             print(f"{kind}: " + ", ".join(f"{key} {n}" for key, n in counts.items()))
         problems = {"count mismatch": report.count_mismatches, "missing": report.missing, "extra": report.extra,
@@ -112,13 +110,9 @@ def run_grid_command(args: argparse.Namespace) -> int:
     from parrot_jax.config import load_config
     from parrot_jax.grid import run_grid
 
-    try:
-        config, provenance = load_config(args.config, grid_overrides(args))
-        provenance["argv"] = sys.argv
-        outcome = run_grid(config, provenance, dry_run=args.dry_run)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"parrot grid: error: {error}", file=sys.stderr)
-        return 1
+    config, provenance = load_config(args.config, grid_overrides(args))
+    provenance["argv"] = sys.argv
+    outcome = run_grid(config, provenance, dry_run=args.dry_run)
     if not args.dry_run and dist.is_coordinator():
         for table, text in outcome.tables.items():
             print(f"\n## Table {table} ({config.protocol} {config.folds}-fold, {len(config.seeds)} seed(s))\n")
@@ -155,32 +149,30 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         from parrot_jax.saved_model import load_model, save_model
         from parrot_jax.training import TrainConfig
 
-        try:
-            checkpoints = _name_paths(args.checkpoint, "--checkpoint")
-            if (args.model / "model.json").is_file():
-                model = load_model(args.model)
-                print(f"model {args.model}: {model.kind} on {'+'.join(model.encoders)}, {model.members} member(s)")
-            elif args.corpus:
-                stored = available_features(args.features).get(args.corpus, [])
-                encoders = args.encoders.split(",") if args.encoders else encoder_order(stored)
-                missing = [e for e in encoders if e not in stored]
-                if missing:
-                    raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in "
-                                     f"{args.features}")
-                model, scores = train_on_corpus(args.features, args.corpus, args.kind, encoders,
-                                                TrainConfig(epochs=args.epochs), holdout=args.holdout,
-                                                val_fraction=args.val_fraction)
-                save_model(args.model, model)
-                print(f"trained {args.kind} on {args.corpus} ({'+'.join(encoders)}): {scores['train_rows']} rows; "
-                      f"held-out accuracy {100 * scores['accuracy']:.1f}% on {scores['holdout_rows']} rows; "
-                      f"saved to {args.model}")
-            else:
-                raise FileNotFoundError(f"{args.model} holds no saved model (model.json missing); "
-                                        "pass --corpus NAME to train one on a corpus's stored features")
-            predictions = predict_files(model, args.files, checkpoints)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"parrot predict: error: {error}", file=sys.stderr)
-            return 1
+        checkpoints = _name_paths(args.checkpoint, "--checkpoint")
+        if (args.model / "model.json").is_file():
+            model = load_model(args.model)
+            print(f"model {args.model}: {model.kind} on {'+'.join(model.encoders)}, {model.members} member(s)")
+        elif args.corpus:
+            stored = available_features(args.features).get(args.corpus, [])
+            if not stored:
+                raise FileNotFoundError(f"no features of corpus {args.corpus!r} in {args.features} (run `parrot "
+                                        f"extract --corpus {args.corpus} --out {args.features}` first)")
+            encoders = args.encoders.split(",") if args.encoders else encoder_order(stored)
+            missing = [e for e in encoders if e not in stored]
+            if missing:
+                raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in {args.features}")
+            model, scores = train_on_corpus(args.features, args.corpus, args.kind, encoders,
+                                            TrainConfig(epochs=args.epochs), holdout=args.holdout,
+                                            val_fraction=args.val_fraction)
+            save_model(args.model, model)
+            print(f"trained {args.kind} on {args.corpus} ({'+'.join(encoders)}): {scores['train_rows']} rows; "
+                  f"held-out accuracy {100 * scores['accuracy']:.1f}% on {scores['holdout_rows']} rows; "
+                  f"saved to {args.model}")
+        else:
+            raise FileNotFoundError(f"{args.model} holds no saved model (model.json missing); "
+                                    "pass --corpus NAME to train one on a corpus's stored features")
+        predictions = predict_files(model, args.files, checkpoints)
         print(format_predictions(predictions, model.class_names))
         return 0
 
@@ -220,19 +212,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "
                         "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help=f"let an error's traceback through (also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_demo):
         add(sub)
     args = parser.parse_args(argv)
     _use_devices(parser, args.devices)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print(f"parrot {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"parrot {args.command}: error: {error_line(error)}", file=sys.stderr)
+        return 1
+
+
+DEBUG_ENV = "PARROT_DEBUG"
+# Errors that say what was wrong by themselves: bad values, files, locks, missing optional packages.
+EXPECTED_ERRORS = (ValueError, OSError, ImportError, Locked)
+
+
+def error_line(error: Exception) -> str:
+    """`error` as one line: its message (lines joined with "; "); for an error of an unexpected kind (a bug,
+    most likely), also its type and where to find the traceback."""
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or "(no message)"
+    if isinstance(error, EXPECTED_ERRORS):
+        return message
+    return f"{type(error).__name__}: {message} (run with --debug, or {DEBUG_ENV}=1, for the traceback)"
 
 
 def _use_devices(parser: argparse.ArgumentParser, spec: str | None) -> None:
     """Join the other hosts (jax.distributed, when launched as several processes), then check and
     record the device choice for the library (`PARROT_DEVICES`)."""
-    import os
-
     from parrot_jax import distributed
 
     distributed.initialize_multihost()

@@ -115,6 +115,10 @@ def _slim(metadata: dict) -> dict:
     return {k: v for k, v in metadata.items() if k not in ("ids", "rejects")}
 
 
+MODEL_FIELDS = ("kind", "model_config", "encoders", "feature_metadata", "class_names", "eval_batch_size",
+                "standardized", "info")  # the keys of model.json
+
+
 def load_model(path: str | Path) -> SavedModel:
     """Read a folder written by `save_model`."""
     import orbax.checkpoint as ocp
@@ -122,17 +126,26 @@ def load_model(path: str | Path) -> SavedModel:
     path = Path(path).resolve()
     if not (path / "model.json").is_file():
         raise FileNotFoundError(f"{path} holds no saved model (model.json missing)")
-    meta = json.loads((path / "model.json").read_text())
+    try:
+        meta = json.loads((path / "model.json").read_text())
+        fields = {name: meta[name] for name in MODEL_FIELDS}
+        model_config = ModelConfig.from_dict(fields["model_config"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path / 'model.json'}: not valid JSON ({error}); save the model again") from None
+    except KeyError as error:
+        raise ValueError(f"{path / 'model.json'}: field {error} is missing; save the model again") from None
+    except TypeError as error:
+        raise ValueError(f"{path / 'model.json'}: model_config does not fit this version ({error})") from None
     tree = ocp.PyTreeCheckpointer().restore(path / "state")
-    stats = Standardizer(tuple(tree["mean"]), tuple(tree["scale"])) if meta["standardized"] else None
+    stats = Standardizer(tuple(tree["mean"]), tuple(tree["scale"])) if fields["standardized"] else None
     return SavedModel(
-        kind=meta["kind"],
-        model_config=ModelConfig.from_dict(meta["model_config"]),
-        encoders=tuple(meta["encoders"]),
-        feature_metadata=meta["feature_metadata"],
-        class_names=tuple(meta["class_names"]),
+        kind=fields["kind"],
+        model_config=model_config,
+        encoders=tuple(fields["encoders"]),
+        feature_metadata=fields["feature_metadata"],
+        class_names=tuple(fields["class_names"]),
         params=tree["params"],
         standardizer=stats,
-        eval_batch_size=meta["eval_batch_size"],
-        info=meta["info"],
+        eval_batch_size=fields["eval_batch_size"],
+        info=fields["info"],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,22 @@ def test_missing_model_and_mismatched_encoder_settings_are_refused(saved, tmp_pa
     (other / "state").symlink_to(saved / "state")
     with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': cannot rebuild the settings .*'window': 'hamming'"):
         predict_files(load_model(other), [wav])
+
+
+def test_corrupt_model_json_and_missing_audio_are_named(saved, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "state").symlink_to(saved / "state")
+    wav = tmp_path / "x.wav"
+    sf.write(wav, 0.1 * np.sin(np.linspace(0, 3000, 16000)), 16000)
+    for text, message in [('{"kind": "parrot", ', r"model\.json: not valid JSON"),
+                          ('{"kind": "parrot"}', r"model\.json: field 'model_config' is missing")]:
+        (broken / "model.json").write_text(text)
+        assert cli.main(["predict", "--model", str(broken), str(wav)]) == 1
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"parrot predict: error: {re.escape(str(broken))}/{message}.*\n", err), err
+    assert cli.main(["predict", "--model", str(saved), str(tmp_path / "absent.wav")]) == 1
+    assert capsys.readouterr().err == f"parrot predict: error: {tmp_path / 'absent.wav'}: no such file\n"
 
 
 def test_test_activations_come_from_the_fold_model_that_tested_each_row(corpus):
