@@ -162,7 +162,7 @@ def _parse_field(name: str, kind: Any, text: str) -> Any:
 
 def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:
     """Apply ``key=value`` strings: ``epochs=5`` style for fields, ``train.patience=none`` /
-    ``model.dropout=0.3`` for entries of the ``train`` / ``model`` dicts; tuples are comma-separated."""
+    ``model.dropout_rate=0.3`` for entries of the ``train`` / ``model`` dicts; tuples are comma-separated."""
     hints = typing.get_type_hints(GridConfig)
     changes: dict[str, Any] = {}
     for item in overrides:

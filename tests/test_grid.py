@@ -117,9 +117,9 @@ def _config_file(tmp_path: Path, store: Path) -> Path:
 
 def test_overrides_parse_by_field_type():
     config = apply_overrides(GridConfig(), ["seeds=0,1", "train.patience=none", "train.epochs=7", "ablations=true",
-                                            "protocol=speaker", "corpora=emodb", "model.dropout=0.25"])
+                                            "protocol=speaker", "corpora=emodb", "model.dropout_rate=0.25"])
     assert config.seeds == (0, 1) and config.ablations is True and config.protocol == "speaker"
-    assert config.train == {"patience": None, "epochs": 7} and config.model == {"dropout": 0.25}
+    assert config.train == {"patience": None, "epochs": 7} and config.model == {"dropout_rate": 0.25}
     assert config.corpora == ("emodb",)
     assert config.table2_methods == ("concat", "parrot", "hadamard", "ot")
     with pytest.raises(ValueError, match=r"override 'epoch=5': unknown key 'epoch'"):
