@@ -159,7 +159,8 @@ def test_manifest_mismatch_is_refused(demo: Path, tmp_path: Path) -> None:
     # features whose manifest differs from the store's (a hand-edited store) are refused
     (tmp_path / "f" / "emodb" / "logmel-stats.json").write_text(json.dumps({
         **json.loads((tmp_path / "f" / "emodb" / "mfcc-stats.json").read_text()), "manifest_sha256": "0" * 64}))
-    (tmp_path / "f" / "emodb" / "logmel-stats.npy").write_bytes((tmp_path / "f" / "emodb" / "mfcc-stats.npy").read_bytes())
+    store = tmp_path / "f" / "emodb"
+    (store / "logmel-stats.npy").write_bytes((store / "mfcc-stats.npy").read_bytes())
     with pytest.raises(ValueError, match=r"logmel-stats\.json was extracted from manifest 000000000000, but .*"
                        r"manifest\.json is now [0-9a-f]{12} \(the corpus changed since\)"):  # fmt: skip
         load_features(tmp_path / "f", "emodb", "logmel-stats")

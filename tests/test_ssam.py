@@ -297,7 +297,8 @@ def test_impossible_shapes_are_refused_naming_file_and_weight() -> None:
                        r"multiple of cls_token's embedding size 32"):  # fmt: skip
         ssam.infer_config(odd, "ck.pth")
     flat = {**state, "patch_embed.proj.weight": np.zeros((32, 64), np.float32)}
-    with pytest.raises(CheckpointMismatch, match=r"ck\.pth: patch_embed\.proj\.weight has shape \[32, 64\]; expected 4"):
+    with pytest.raises(CheckpointMismatch, match=r"ck\.pth: patch_embed\.proj\.weight has shape \[32, 64\]; "
+                       r"expected 4"):  # fmt: skip
         ssam.infer_config(flat, "ck.pth")
     wide = {**state, "cls_token": np.zeros((1, 1, 30), np.float32), "blocks.0.mixer.A_log": np.zeros((60, 24))}
     with pytest.raises(CheckpointMismatch, match=r"ck\.pth: the weights' shapes give an impossible SSAM config: "

@@ -79,9 +79,11 @@ class Wav2Vec2Config:
         if getattr(hf, "add_adapter", False):
             raise ck.CheckpointError(f"{source}: config has add_adapter=True (a fine-tuning adapter); not supported")
         if getattr(hf, "adapter_attn_dim", None) is not None:
-            raise ck.CheckpointError(f"{source}: config has adapter_attn_dim set (MMS language adapters); not supported")
+            raise ck.CheckpointError(f"{source}: config has adapter_attn_dim set (MMS language adapters); "
+                                     "not supported")
         if hf.feat_extract_norm not in ("group", "layer"):
-            raise ck.CheckpointError(f"{source}: feat_extract_norm={hf.feat_extract_norm!r}; expected 'group' or 'layer'")
+            raise ck.CheckpointError(f"{source}: feat_extract_norm={hf.feat_extract_norm!r}; "
+                                     "expected 'group' or 'layer'")
         for field_name in ("hidden_act", "feat_extract_activation"):
             if getattr(hf, field_name) not in _ACTIVATIONS:
                 raise ck.CheckpointError(f"{source}: {field_name}={getattr(hf, field_name)!r}; "
