@@ -160,9 +160,19 @@ def _from_names(corpus: str, root: Path) -> list[Utterance]:
     return utterances
 
 
+def vocabulary_label(code: str) -> str | None:
+    """The vocabulary's name for an emotion written as a name (``Anger``, ``happy``, ``Sad``) or a CREMA-D
+    code (``ANG``); None when it is neither."""
+    text = code.strip()
+    if text.upper() in CREMAD_EMOTIONS:
+        return CREMAD_EMOTIONS[text.upper()]
+    label = CSV_SYNONYMS.get(text.lower(), text.lower())
+    return label if label in LABELS else None
+
+
 def _csv_label(value: str, where: str) -> str:
-    label = CSV_SYNONYMS.get(value.strip().lower(), value.strip().lower())
-    if label not in LABELS:
+    label = vocabulary_label(value)
+    if label is None:
         raise ValueError(f"{where}: label {value!r} is not in the vocabulary ({', '.join(LABELS)})")
     return label
 
