@@ -102,6 +102,11 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
     """What decides a cell's numbers apart from its features (hashed into its key)."""
     settings = {"cell": cell.to_json(), "protocol": config.protocol, "folds": config.folds,
                 "split_seed": config.split_seed, "val_fraction": config.val_fraction}
+    if config.protocol == "emobox":
+        from parrot_jax.splits import split_file_hashes
+
+        settings["splits"] = {"files": split_file_hashes(config.splits_folder(cell.corpus)),
+                              "allow_missing": config.allow_missing}
     if cell.method == "svm":
         settings["svm"] = {"standardize": config.svm_standardize}
     else:

@@ -79,7 +79,8 @@ def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:
 
 GRID_SHORTHANDS = {  # flag -> the config key it sets
     "run": "run", "features": "features", "results": "results", "corpora": "corpora", "encoders": "encoders",
-    "protocol": "protocol", "seeds": "seeds", "folds": "folds", "epochs": "train.epochs",
+    "protocol": "protocol", "seeds": "seeds", "folds": "folds", "epochs": "train.epochs", "splits": "splits",
+    "metrics": "metrics",
 }  # fmt: skip
 
 
@@ -94,6 +95,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", default=None, help=f"shorthand for --set {key}=...")
     parser.add_argument("--ablations", action="store_true", help="also run HP-only and OT-only (Table 2)")
     parser.add_argument("--checkpoints", action="store_true", help="save each neural cell's models (orbax)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="--protocol emobox: leave out split rows the store lacks and store rows in no split")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
 
 
@@ -103,6 +106,7 @@ def grid_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"{key}={getattr(args, flag)}" for flag, key in GRID_SHORTHANDS.items() if getattr(args, flag) is not None]
     out += ["ablations=true"] if args.ablations else []
     out += ["checkpoints=true"] if args.checkpoints else []
+    out += ["allow_missing=true"] if args.allow_missing else []
     return out
 
 
@@ -121,7 +125,8 @@ def run_grid_command(args: argparse.Namespace) -> int:
         return 1
     if not args.dry_run and dist.is_coordinator():
         for table, text in outcome.tables.items():
-            print(f"\n## Table {table} ({config.protocol} {config.folds}-fold, {len(config.seeds)} seed(s))\n")
+            folds = "EmoBox folds" if config.protocol == "emobox" else f"{config.protocol} {config.folds}-fold"
+            print(f"\n## Table {table} ({folds}, {len(config.seeds)} seed(s))\n")
             print(text)
         print(f"results in {config.run_dir}/ ({outcome.seconds:.1f} s)")
     return 0

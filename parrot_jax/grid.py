@@ -33,13 +33,23 @@ from parrot_jax.files import atomic_write, write_json
 # running cells
 
 
-def cell_folds(config: GridConfig, data: CorpusData):
-    from parrot_jax.splits import make_folds
+def cell_folds(config: GridConfig, data: CorpusData) -> tuple[list, dict | None]:
+    """The corpus's folds under the config's protocol, and (under "emobox") the split files' record."""
+    from parrot_jax.splits import emobox_folds, make_folds
 
+    if config.protocol == "emobox":
+        split = emobox_folds(config.splits_folder(data.corpus), data.ids, [data.class_names[y] for y in data.labels],
+                             data.speakers, config.allow_missing, config.split_seed, config.val_fraction)
+        return split.folds, split.record()
     if config.protocol == "speaker" and data.speakers is None:
         raise ValueError(f"corpus {data.corpus!r} has no speaker ids; use protocol=stratified")
     return make_folds(data.labels, data.speakers, config.protocol, config.folds, config.split_seed,
-                      config.val_fraction)
+                      config.val_fraction), None
+
+
+def test_train_ratio(folds) -> float:
+    """Test rows over training rows (train + val) of the folds, averaged: n_test/n_train of the corrected t-test."""
+    return float(np.mean([len(f.test) for f in folds]) / np.mean([len(f.train) + len(f.val) for f in folds]))
 
 
 def versions() -> dict:
@@ -87,10 +97,11 @@ def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, Corpu
 
 
 def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds, provenance: dict,
-              keys: dict[str, str]) -> list[dict]:
+              keys: dict[str, str], split_record: dict | None = None) -> list[dict]:
     """Train/evaluate one group of `pack_groups` (one program); on the coordinator, write each cell's
-    activations / checkpoint; return the cells' JSON records."""
+    activations / checkpoint; return the cells' JSON records (with the split files' record, if any)."""
     from parrot_jax import distributed as dist
+    from parrot_jax.metrics import from_confusion
 
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     method = cells[0].method
@@ -123,7 +134,10 @@ def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds
             "config": config_dict(config),
             "provenance": provenance,
             "class_names": list(data.class_names),
-            "metrics": {m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
+            "metrics": {**{m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
+                        "micro_f1": [from_confusion(r.confusion)["micro_f1"] for r in runs]},
+            "fold_rows": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+            "splits": split_record,
             "confusion": np.sum([r.confusion for r in runs], axis=0).tolist(),
             "result": result.to_json(),
             "artifacts": artifacts,
@@ -146,9 +160,9 @@ def _write_artifacts(cell: Cell, config: GridConfig, data: CorpusData, folds, fe
 
     tc, mc = train_config(config), model_config(config, len(data.class_names))
     if cell.method in config.tsne_methods:
-        acts = test_activations(result, mc, features, folds, tc.eval_batch_size)
+        rows, acts = test_activations(result, mc, features, folds, tc.eval_batch_size)
         path = config.run_dir / "cells" / f"{cell.name}.penultimate.npz"
-        atomic_write(path, lambda f: np.savez(f, activations=acts, labels=data.labels))
+        atomic_write(path, lambda f: np.savez(f, activations=acts, labels=data.labels[rows], rows=rows))
         artifacts["penultimate"] = path.name
     if config.checkpoints:
         target = config.run_dir / "models" / cell.name
@@ -213,14 +227,18 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     groups = pack_groups(todo, config, data)
     packed = f" as {len(groups)} program(s) (pack_cells={config.pack_cells})" if len(groups) < len(todo) else ""
     echo(f"{len(cells)} cells: {len(cells) - len(todo)} done and unchanged (skipped), {len(todo)} to run{packed}")
-    folds = {}
+    folds, split_records = {}, {}
+    for corpus in data:  # every corpus's folds first: bad split files fail before any training
+        folds[corpus], split_records[corpus] = cell_folds(config, data[corpus])
+        record = split_records[corpus]
+        if record and (record["missing"]["count"] or record["unused"]["count"]):
+            echo(f"{corpus}: {record['missing']['count']} split row(s) not in the store and "
+                 f"{record['unused']['count']} store row(s) in no split left out (allow_missing)")
     with tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True, disable=not writer) as bar:
         for group in groups:
             bar.set_postfix_str(", ".join(c.name for c in group))
             corpus = group[0].corpus
-            if corpus not in folds:
-                folds[corpus] = cell_folds(config, data[corpus])
-            records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys)
+            records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys, split_records[corpus])
             if writer:
                 for cell, record in zip(group, records):
                     write_json(cells_dir / f"{cell.name}.json", record)
@@ -231,10 +249,12 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     if writer:
         cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
         row_order = list(dict.fromkeys(c.abbrev for c in cells))
-        report.write_tables(cell_records, config.run_dir, row_order)
+        report.write_tables(cell_records, config.run_dir, row_order, metrics=config.metrics,
+                            test_train_ratio={c: test_train_ratio(f) for c, f in folds.items()})
         draw_figures(config, cells, records, echo)
         write_json(config.run_dir / "grid.json", {
             "config": config_dict(config), "provenance": provenance, "notes": notes,
+            "splits": {c: r for c, r in split_records.items() if r is not None},
             "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
             "seconds": seconds, "versions": versions(),
         })

@@ -257,11 +257,9 @@ def emobox_folds(
                              "split files match rows by file name")
         row_of[name] = r
     label_map = _read_label_map(splits / "label_map.json")
-    files = {"label_map.json": _sha256(splits / "label_map.json")} if label_map is not None else {}
-    parsed: dict[int, dict[str, list[tuple[str, str, str]]]] = {}
-    for k, parts in sorted(_split_files(splits).items()):
-        parsed[k] = {part: _read_split(path, label_map) for part, path in parts.items()}
-        files.update({path.relative_to(splits).as_posix(): _sha256(path) for path in parts.values()})
+    files = split_file_hashes(splits)
+    parsed = {k: {part: _read_split(path, label_map) for part, path in parts.items()}
+              for k, parts in sorted(_split_files(splits).items())}
     listed = {name for parts in parsed.values() for rows in parts.values() for name, _, _ in rows}
     missing = sorted(listed - set(row_of))
     unused = sorted(set(row_of) - listed)
@@ -294,6 +292,14 @@ def emobox_folds(
         else:
             folds.append(_fold(rows["train"], rows["test"], _stratified_val(rows["train"], y, val_fraction, seed)))
     return SplitFiles(folds, missing, unused, files, label_map)
+
+
+def split_file_hashes(splits: str | Path) -> dict[str, str]:
+    """sha256 of every split file (and label_map.json) under an EmoBox splits folder, by relative path."""
+    splits = Path(splits)
+    paths = [path for parts in _split_files(splits).values() for path in parts.values()]
+    paths += [splits / "label_map.json"] if (splits / "label_map.json").is_file() else []
+    return {path.relative_to(splits).as_posix(): _sha256(path) for path in sorted(paths)}
 
 
 def _sha256(path: Path) -> str:
