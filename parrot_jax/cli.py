@@ -27,6 +27,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, help="folder with one sub-folder per encoder name (its checkpoint)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint folder of one encoder (overrides --checkpoints; repeatable)")  # fmt: skip
+    p.add_argument("--name", help="the corpus's name in the store, tables and results (default: the corpus; "
+                   "for csv the CSV file's stem, or its folder's name for manifest.csv)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
             explicit = _name_paths(args.checkpoint, "--checkpoint")
             checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
             summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
-                              progress=not args.no_progress)  # fmt: skip
+                              progress=not args.no_progress, name=args.name)  # fmt: skip
         except (ValueError, FileNotFoundError, ImportError) as error:
             print(f"parrot extract: error: {error}", file=sys.stderr)
             return 1

@@ -206,6 +206,26 @@ def _from_csv(root: Path) -> list[Utterance]:
     return utterances
 
 
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def corpus_name(corpus: str, root: Path, name: str | None = None) -> str:
+    """The name a corpus goes by in the feature store, tables and results folders: `name` when given, else
+    the adapter's name, and for ``csv`` the CSV file's stem (its folder's name for ``<folder>/manifest.csv``)."""
+    if name is None:
+        root = Path(root)
+        if corpus != "csv":
+            name = corpus
+        elif root.suffix.lower() == ".csv" and root.name.lower() != "manifest.csv":
+            name = root.stem
+        else:
+            name = (root.parent if root.suffix.lower() == ".csv" else root).resolve().name
+    if not _STORE_NAME.match(name):
+        raise ValueError(f"corpus name {name!r} cannot name a folder; expected letters, digits, '.', '_', '-' "
+                         "(set one with --name)")
+    return name
+
+
 def load_manifest(corpus: str, root: Path) -> list[Utterance]:
     """The manifest of `corpus` under `root`, sorted by path (a deterministic order: the store's row order)."""
     root = Path(root)

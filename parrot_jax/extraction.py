@@ -25,7 +25,7 @@ import numpy as np
 
 from parrot_jax import __version__
 from parrot_jax.audio import AudioError, check_length, load_audio
-from parrot_jax.corpora import Utterance, demo_corpus_root, load_manifest, resolve_inside
+from parrot_jax.corpora import Utterance, corpus_name, demo_corpus_root, load_manifest, resolve_inside
 from parrot_jax.encoders import registry
 from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
@@ -304,8 +304,13 @@ def extract(
     checkpoints: Mapping[str, Path] | None = None,
     progress: bool = True,
     devices: str | None = None,
+    name: str | None = None,
 ) -> ExtractSummary:
-    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
+    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<name>/`.
+
+    `name` (`corpora.corpus_name`): the store's corpus name, which tables and results folders show;
+    default the corpus's own name, and for a CSV corpus the CSV file's stem (its folder's name for a
+    ``manifest.csv``).
 
     `encoders`: registry names (built with `checkpoints[name]` where they need a folder) or built Encoder
     objects. `batch_size` utterances are loaded (once for all encoders) and embedded together. `on_error`:
@@ -329,6 +334,7 @@ def extract(
     root = _corpus_root(corpus, root)  # generating the demo corpus is not part of the timing
     start = time.perf_counter()
     manifest = load_manifest(corpus, root)
+    store_name = corpus_name(corpus, root, name)
     digest = manifest_sha256(manifest)
     built = [_build(e, checkpoints or {}) for e in encoders]
     names = [e.name for e in built]
@@ -341,18 +347,18 @@ def extract(
     for encoder in built:
         if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
             encoder.use_devices(mesh)
-    store = Path(out) / corpus
+    store = Path(out) / store_name
     if dist.is_coordinator():
         store.mkdir(parents=True, exist_ok=True)
         remove_temporaries(store)
-        write_store_manifest(store, corpus, manifest)
+        write_store_manifest(store, store_name, manifest)
     n_chunks = -(-len(manifest) // batch_size)
     chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
     if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+        summaries, jobs = _plan_jobs(built, store, store_name, manifest, digest, batch_size, on_error, n_chunks)
     dist.barrier(f"extract {store}: planned on host 0")
     if not dist.is_coordinator():
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+        summaries, jobs = _plan_jobs(built, store, store_name, manifest, digest, batch_size, on_error, n_chunks)
     dist.barrier(f"extract {store}: planned")
 
     mine = set(dist.host_rows(n_chunks))
@@ -360,7 +366,7 @@ def extract(
     processed = [u for k in todo for u in chunk(k)]
     from tqdm import tqdm
 
-    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
+    with tqdm(total=len(processed), unit="file", desc=f"extract {store_name}", disable=not progress) as bar:
         for k in todo:
             needed = [job for job in jobs if k in job.todo]
             waves = {rate: _load_waves(chunk(k), root, rate) for rate in {job.encoder.sample_rate for job in needed}}
@@ -370,15 +376,15 @@ def extract(
     dist.barrier(f"extract {store}: embedded")
     for job in jobs:
         if dist.is_coordinator():
-            summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
+            summaries[job.encoder.name] = _finish(job, store, store_name, manifest, batch_size, on_error)
     dist.barrier(f"extract {store}: finished")
     for job in jobs:
         if not dist.is_coordinator():
-            meta = read_metadata(store, corpus, job.encoder.name)
+            meta = read_metadata(store, store_name, job.encoder.name)
             summaries[job.encoder.name] = EncoderSummary(job.encoder.name, len(meta["ids"]), len(meta["rejects"]),
                                                          job.computed_files, job.reused_files, meta["features_sha256"])
     audio_seconds = sum(u.duration for u in processed if u.duration is not None)
-    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
+    return ExtractSummary(store_name, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
                           [summaries[name] for name in names])  # fmt: skip
 
 
