@@ -116,6 +116,25 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
     return json.loads(json.dumps(settings))
 
 
+def check_layer_inputs(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> None:
+    """Refuse a cell that gives a feature holding every layer ([N, L+1, D]: an encoder's ``layer="all"``) to a
+    method that takes one embedding per utterance: the SVM, or a neural model without ``layer_mix="softmax"``."""
+    for cell in cells:
+        corpus = data[cell.corpus]
+        for encoder in cell.encoders:
+            shape = corpus.matrices[encoder].shape
+            if len(shape) != 3:
+                continue
+            if cell.method == "svm":
+                why = "the SVM takes one embedding per utterance"
+            elif model_config(config, len(corpus.class_names)).layer_mix == "none":
+                why = "its model has layer_mix='none' (one embedding per utterance); set model.layer_mix=softmax"
+            else:
+                continue
+            raise ValueError(f"cell {cell.name}: feature {encoder} holds every layer {list(shape)} (layer=all), but "
+                             f"method {cell.method!r} cannot take it: {why}")
+
+
 def cell_key(cell: Cell, config: GridConfig, data: CorpusData) -> str:
     """SHA-256 of the cell's settings and the content hashes of its feature files."""
     payload = {"settings": cell_settings(cell, config, len(data.class_names)), "features": {e: data.hashes[e] for e in cell.encoders}}

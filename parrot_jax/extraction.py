@@ -189,15 +189,16 @@ def _embed_chunk(
             continue
         batch.append(wave)
         batch_index.append(i)
-    rows = np.zeros((0, encoder.dim), np.float32)
+    shape = registry.row_shape(encoder)
+    rows = np.zeros((0, *shape), np.float32)
     if batch:
         rows = np.asarray(encoder.embed_batch(batch))
-        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim):
+        if rows.dtype != np.float32 or rows.shape != (len(batch), *shape):
             raise ValueError(
                 f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} for a batch of {len(batch)}; "
-                f"expected float32 {[len(batch), encoder.dim]}"
+                f"expected float32 {[len(batch), *shape]}"
             )
-        finite = np.all(np.isfinite(rows), axis=1)
+        finite = np.all(np.isfinite(rows.reshape(len(rows), -1)), axis=1)
         for i in np.asarray(batch_index)[~finite]:
             error = AudioError(root / chunk[i].path, f"encoder {encoder.name!r} gave a non-finite (NaN/Inf) embedding")
             if on_error == "raise":
@@ -222,10 +223,10 @@ def _load_waves(chunk: Sequence[Utterance], root: Path, sample_rate: int) -> dic
     return waves
 
 
-def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
+def _write_matrix(path: Path, chunks: Sequence[np.ndarray], row_shape: tuple[int, ...]) -> None:
     """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (sum(len(c) for c in chunks), dim)}
+              "shape": (sum(len(c) for c in chunks), *row_shape)}
 
     def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, header)
@@ -250,7 +251,7 @@ def _finish(
     if len(rejects) == len(manifest):
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
     npy = store / f"{encoder.name}.npy"
-    _write_matrix(npy, rows, encoder.dim)
+    _write_matrix(npy, rows, registry.row_shape(encoder))
     cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
     tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
@@ -264,6 +265,7 @@ def _finish(
         "pooling": encoder_metadata.get("pooling"),
         "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
         "dim": encoder.dim,
+        **({"layers": registry.row_shape(encoder)[0]} if len(registry.row_shape(encoder)) == 2 else {}),
         "sample_rate": encoder.sample_rate,
         "min_samples": encoder.min_samples,
         "batch_size": batch_size,

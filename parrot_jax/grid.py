@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, plan_cells
+from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, check_layer_inputs, plan_cells
 from parrot_jax.config import GridConfig, config_dict, model_config, train_config
 from parrot_jax.features import CorpusData, available_features, load_corpus
 from parrot_jax.files import atomic_write, write_json
@@ -204,6 +204,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     cells_dir = config.run_dir / "cells"
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}
+    check_layer_inputs(cells, config, data)
     keys = {cell.name: cell_key(cell, config, data[cell.corpus]) for cell in cells}
     found = [
         STATUSES.index(cell_status(cells_dir / f"{cell.name}.json", keys[cell.name],

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -452,3 +453,42 @@ def test_grid_command_takes_run_and_metrics(tmp_path, store, capsys):
     config = _config_file(tmp_path, store)
     assert cli.main(["grid", "--config", str(config), "--run", "named", "--metrics", "wa,ua", "--dry-run"]) == 0
     assert f"cells in {tmp_path / 'results' / 'named'}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# features holding every layer (an encoder's layer="all")
+
+
+class Layers(Columns):
+    """Stands in for an attention encoder with layer="all": 3 "layers" of 12 logmel-stats columns each."""
+
+    layers = 3
+
+    def embed_batch(self, waves):
+        full = self.inner.embed_batch(waves)
+        return np.stack([full[:, k * self.dim : (k + 1) * self.dim] for k in range(self.layers)], axis=1)
+
+
+def test_layer_all_features_need_a_model_that_mixes_layers(tmp_path):
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.extraction import extract
+    from parrot_jax.features import load_features
+
+    root = generate_demo_corpus(tmp_path / "corpus", seed=0, n_speakers=3, n_texts=2)
+    extract("demo", root, [Layers("wavlm-base", 0), Columns("hubert-base", 40)], tmp_path / "features", progress=False)
+    stacked = load_features(tmp_path / "features", "demo", "wavlm-base")
+    assert isinstance(stacked.matrix, np.memmap) and stacked.matrix.shape == (24, 3, 12)
+    assert stacked.metadata["layers"] == 3 and load_features(tmp_path / "features", "demo", "hubert-base").matrix.ndim == 2
+    config = equal_config(tmp_path / "features", tmp_path / "results", "layers", 1)
+    with pytest.raises(ValueError, match=re.escape(
+            "cell demo__svm__wavlm-base: feature wavlm-base holds every layer [24, 3, 12] (layer=all), but method "
+            "'svm' cannot take it: the SVM takes one embedding per utterance")):
+        grid.run_grid(dataclasses.replace(config, table1=("svm",)), echo=lambda _: None)
+    with pytest.raises(ValueError, match=re.escape(
+            "cell demo__fcn__wavlm-base: feature wavlm-base holds every layer [24, 3, 12] (layer=all), but method "
+            "'fcn' cannot take it: its model has layer_mix='none'")):
+        grid.run_grid(config, echo=lambda _: None)
+    mixing = dataclasses.replace(config, table2=("concat",), model={**config.model, "layer_mix": "softmax"})
+    outcome = grid.run_grid(mixing, echo=lambda _: None)
+    assert set(outcome.records) == {"demo__fcn__wavlm-base", "demo__fcn__hubert-base", "demo__concat__wavlm-base+hubert-base"}
+    assert all(len(r["result"]["runs"]) == 3 for r in outcome.records.values())
