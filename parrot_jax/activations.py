@@ -25,18 +25,21 @@ def penultimate(kind: str, model_config: ModelConfig, params: PyTree, features: 
 
 
 def test_activations(result: CellResult, model_config: ModelConfig, features: Sequence[np.ndarray],
-                     folds: Sequence[Fold], eval_batch_size: int = 32) -> np.ndarray:
-    """[N, H] penultimate activations of every row, each taken from the first seed's model of the fold
-    that tests it (every row is tested exactly once per seed)."""
+                     folds: Sequence[Fold], eval_batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, [len(rows), H] penultimate activations): the rows some fold tests (every row under k-fold
+    cross-validation; split files may test fewer), sorted, each row's activation taken from the first
+    seed's model of the fold that tests it. A row tested by two folds is refused."""
+    tested = np.concatenate([fold.test for fold in folds])
+    if len(np.unique(tested)) != len(tested):
+        raise ValueError("folds test some rows more than once: no single fold model per row for its activations")
+    rows = np.sort(tested)
     seed = result.seeds[0]
     out = None
     for f, fold in enumerate(folds):
         params, stats = result.member(seed, f)
-        rows = np.sort(fold.test)
-        acts = penultimate(result.kind, model_config, params, [x[rows] for x in features], stats, eval_batch_size)
+        fold_rows = np.sort(fold.test)
+        acts = penultimate(result.kind, model_config, params, [x[fold_rows] for x in features], stats, eval_batch_size)
         if out is None:
-            out = np.full((len(features[0]), acts.shape[1]), np.nan, np.float32)
-        out[rows] = acts
-    if np.isnan(out).any():
-        raise ValueError("folds do not test every row: cannot build test activations for all rows")
-    return out
+            out = np.empty((len(rows), acts.shape[1]), np.float32)
+        out[np.searchsorted(rows, fold_rows)] = acts
+    return rows, out

@@ -102,6 +102,11 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
     """What decides a cell's numbers apart from its features (hashed into its key)."""
     settings = {"cell": cell.to_json(), "protocol": config.protocol, "folds": config.folds,
                 "split_seed": config.split_seed, "val_fraction": config.val_fraction}
+    if config.protocol == "emobox":
+        from parrot_jax.splits import split_file_hashes
+
+        settings["splits"] = {"files": split_file_hashes(config.splits_folder(cell.corpus)),
+                              "allow_missing": config.allow_missing}
     if cell.method == "svm":
         settings["svm"] = {"standardize": config.svm_standardize}
     else:
@@ -109,6 +114,25 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
         settings["model"] = model_config(config, num_classes).to_dict()
         settings["tsne"] = cell.method in config.tsne_methods
     return json.loads(json.dumps(settings))
+
+
+def check_layer_inputs(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> None:
+    """Refuse a cell that gives a feature holding every layer ([N, L+1, D]: an encoder's ``layer="all"``) to a
+    method that takes one embedding per utterance: the SVM, or a neural model without ``layer_mix="softmax"``."""
+    for cell in cells:
+        corpus = data[cell.corpus]
+        for encoder in cell.encoders:
+            shape = corpus.matrices[encoder].shape
+            if len(shape) != 3:
+                continue
+            if cell.method == "svm":
+                why = "the SVM takes one embedding per utterance"
+            elif model_config(config, len(corpus.class_names)).layer_mix == "none":
+                why = "its model has layer_mix='none' (one embedding per utterance); set model.layer_mix=softmax"
+            else:
+                continue
+            raise ValueError(f"cell {cell.name}: feature {encoder} holds every layer {list(shape)} (layer=all), but "
+                             f"method {cell.method!r} cannot take it: {why}")
 
 
 def cell_key(cell: Cell, config: GridConfig, data: CorpusData) -> str:

@@ -31,6 +31,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, help="folder with one sub-folder per encoder name (its checkpoint)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint folder of one encoder (overrides --checkpoints; repeatable)")  # fmt: skip
+    p.add_argument("--name", help="the corpus's name in the store, tables and results (default: the corpus; "
+                   "for csv the CSV file's stem, or its folder's name for manifest.csv)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--start-over", action="store_true", help="replace a store whose features were extracted from "
                    "another corpus or an older copy of this one (else refused)")  # fmt: skip
@@ -42,7 +44,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         explicit = _name_paths(args.checkpoint, "--checkpoint")
         checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
         summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
-                          progress=not args.no_progress, start_over=args.start_over)  # fmt: skip
+                          progress=not args.no_progress, start_over=args.start_over,
+                          name=args.name)  # fmt: skip
         print(summary.text())
         return 0
 
@@ -77,7 +80,8 @@ def _add_verify_corpus(sub: argparse._SubParsersAction) -> None:
 
 GRID_SHORTHANDS = {  # flag -> the config key it sets
     "run": "run", "features": "features", "results": "results", "corpora": "corpora", "encoders": "encoders",
-    "protocol": "protocol", "seeds": "seeds", "folds": "folds", "epochs": "train.epochs",
+    "protocol": "protocol", "seeds": "seeds", "folds": "folds", "epochs": "train.epochs", "splits": "splits",
+    "metrics": "metrics",
 }  # fmt: skip
 
 
@@ -92,6 +96,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", default=None, help=f"shorthand for --set {key}=...")
     parser.add_argument("--ablations", action="store_true", help="also run HP-only and OT-only (Table 2)")
     parser.add_argument("--checkpoints", action="store_true", help="save each neural cell's models (orbax)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="--protocol emobox: leave out split rows the store lacks and store rows in no split")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
 
 
@@ -101,6 +107,7 @@ def grid_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"{key}={getattr(args, flag)}" for flag, key in GRID_SHORTHANDS.items() if getattr(args, flag) is not None]
     out += ["ablations=true"] if args.ablations else []
     out += ["checkpoints=true"] if args.checkpoints else []
+    out += ["allow_missing=true"] if args.allow_missing else []
     return out
 
 
@@ -115,7 +122,8 @@ def run_grid_command(args: argparse.Namespace) -> int:
     outcome = run_grid(config, provenance, dry_run=args.dry_run)
     if not args.dry_run and dist.is_coordinator():
         for table, text in outcome.tables.items():
-            print(f"\n## Table {table} ({config.protocol} {config.folds}-fold, {len(config.seeds)} seed(s))\n")
+            folds = "EmoBox folds" if config.protocol == "emobox" else f"{config.protocol} {config.folds}-fold"
+            print(f"\n## Table {table} ({folds}, {len(config.seeds)} seed(s))\n")
             print(text)
         print(f"results in {config.run_dir}/ ({outcome.seconds:.1f} s)")
     return 0

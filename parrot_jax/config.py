@@ -29,8 +29,15 @@ class GridConfig:
     run: results go to ``<results>/<run>/``.
     features: the feature store's root (``<features>/<corpus>/<encoder>.npy``).
     corpora / encoders: restrict to these (empty: every corpus / encoder with features present).
-    protocol: "stratified" (the paper: stratified 5-fold) or "speaker" (speaker-independent folds).
-    folds: k of the k-fold cross-validation (paper: 5).
+    protocol: "stratified" (the paper: stratified 5-fold), "speaker" (speaker-independent folds) or
+        "emobox" (EmoBox's split files under ``splits``: their folds, their number; `splits.emobox_folds`).
+    folds: k of the k-fold cross-validation (paper: 5); not used under "emobox".
+    splits: EmoBox's split files: its data folder (``<splits>/<corpus>/fold_<k>/...``) or one corpus's
+        folder (``<splits>/fold_<k>/...``). Only with protocol "emobox".
+    allow_missing: under "emobox", leave out split rows the store lacks and store rows in no split
+        (counted and listed in grid.json and each cell record) instead of refusing them.
+    metrics: the metrics tables show, by name: wa (= acc, accuracy), ua (= uar), f1 (macro), micro_f1.
+        Cell records hold all of them per run whatever is shown.
     split_seed: seed of the fold assignment (the same folds for every cell and training seed).
     val_fraction: share of each fold's training part held out for early stopping (paper: unstated).
     seeds: training seeds (initialisation, dropout, shuffling); every cell runs each seed on each fold.
@@ -56,6 +63,9 @@ class GridConfig:
     encoders: tuple[str, ...] = ()
     protocol: str = "stratified"
     folds: int = 5
+    splits: str = ""
+    allow_missing: bool = False
+    metrics: tuple[str, ...] = ("acc", "f1")
     split_seed: int = 0
     val_fraction: float = 0.1
     seeds: tuple[int, ...] = (0,)
@@ -71,8 +81,15 @@ class GridConfig:
     pack_cells: int = 1
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("stratified", "speaker"):
-            raise ValueError(f"GridConfig.protocol: expected 'stratified' or 'speaker', got {self.protocol!r}")
+        from parrot_jax.report import metric_keys
+        from parrot_jax.splits import ALL_PROTOCOLS
+
+        if self.protocol not in ALL_PROTOCOLS:
+            raise ValueError(f"GridConfig.protocol: expected one of {ALL_PROTOCOLS}, got {self.protocol!r}")
+        if (self.protocol == "emobox") != bool(self.splits):
+            raise ValueError("GridConfig: protocol 'emobox' needs the split files' folder (splits / --splits DIR), "
+                             f"and splits is only read under it; got protocol={self.protocol!r}, splits={self.splits!r}")
+        metric_keys(self.metrics)
         unknown = [m for m in self.table1 if m not in TABLE1_METHODS]
         unknown += [m for m in self.table2 if m not in TABLE2_METHODS + ABLATION_METHODS]
         if unknown:
@@ -92,6 +109,11 @@ class GridConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.results) / self.run
+
+    def splits_folder(self, corpus: str) -> Path:
+        """The EmoBox split files of `corpus`: ``<splits>/<corpus>/`` where it exists, else ``<splits>/``."""
+        per_corpus = Path(self.splits) / corpus
+        return per_corpus if per_corpus.is_dir() else Path(self.splits)
 
 
 # ----------------------------------------------------------------------------------------------------

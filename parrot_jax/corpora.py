@@ -161,9 +161,19 @@ def _from_names(corpus: str, root: Path) -> list[Utterance]:
     return utterances
 
 
+def vocabulary_label(code: str) -> str | None:
+    """The vocabulary's name for an emotion written as a name (``Anger``, ``happy``, ``Sad``) or a CREMA-D
+    code (``ANG``); None when it is neither."""
+    text = code.strip()
+    if text.upper() in CREMAD_EMOTIONS:
+        return CREMAD_EMOTIONS[text.upper()]
+    label = CSV_SYNONYMS.get(text.lower(), text.lower())
+    return label if label in LABELS else None
+
+
 def _csv_label(value: str, where: str) -> str:
-    label = CSV_SYNONYMS.get(value.strip().lower(), value.strip().lower())
-    if label not in LABELS:
+    label = vocabulary_label(value)
+    if label is None:
         raise ValueError(f"{where}: label {value!r} is not in the vocabulary ({', '.join(LABELS)})")
     return label
 
@@ -210,6 +220,26 @@ def _from_csv(root: Path) -> list[Utterance]:
     if not utterances:
         raise ValueError(f"{csv_path}: no rows")
     return utterances
+
+
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def corpus_name(corpus: str, root: Path, name: str | None = None) -> str:
+    """The name a corpus goes by in the feature store, tables and results folders: `name` when given, else
+    the adapter's name, and for ``csv`` the CSV file's stem (its folder's name for ``<folder>/manifest.csv``)."""
+    if name is None:
+        root = Path(root)
+        if corpus != "csv":
+            name = corpus
+        elif root.suffix.lower() == ".csv" and root.name.lower() != "manifest.csv":
+            name = root.stem
+        else:
+            name = (root.parent if root.suffix.lower() == ".csv" else root).resolve().name
+    if not _STORE_NAME.match(name):
+        raise ValueError(f"corpus name {name!r} cannot name a folder; expected letters, digits, '.', '_', '-' "
+                         "(set one with --name)")
+    return name
 
 
 def load_manifest(corpus: str, root: Path) -> list[Utterance]:

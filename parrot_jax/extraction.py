@@ -28,7 +28,7 @@ import numpy as np
 
 from parrot_jax import __version__
 from parrot_jax.audio import NOTES, AudioError, check_length, read_audio
-from parrot_jax.corpora import Utterance, audio_folder, demo_corpus_root, load_manifest, resolve_inside
+from parrot_jax.corpora import Utterance, audio_folder, corpus_name, demo_corpus_root, load_manifest, resolve_inside
 from parrot_jax.encoders import registry
 from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
@@ -207,15 +207,16 @@ def _embed_chunk(
             continue
         batch.append(wave)
         batch_index.append(i)
-    rows = np.zeros((0, encoder.dim), np.float32)
+    shape = registry.row_shape(encoder)
+    rows = np.zeros((0, *shape), np.float32)
     if batch:
         rows = np.asarray(encoder.embed_batch(batch))
-        if rows.dtype != np.float32 or rows.shape != (len(batch), encoder.dim):
+        if rows.dtype != np.float32 or rows.shape != (len(batch), *shape):
             raise ValueError(
                 f"encoder {encoder.name!r} returned {rows.dtype} {list(rows.shape)} for a batch of {len(batch)}; "
-                f"expected float32 {[len(batch), encoder.dim]}"
+                f"expected float32 {[len(batch), *shape]}"
             )
-        finite = np.all(np.isfinite(rows), axis=1)
+        finite = np.all(np.isfinite(rows.reshape(len(rows), -1)), axis=1)
         for i in np.asarray(batch_index)[~finite]:
             error = AudioError(root / chunk[i].path, f"encoder {encoder.name!r} gave a non-finite (NaN/Inf) embedding")
             if on_error == "raise":
@@ -246,10 +247,10 @@ def _load_waves(
     return waves, notes
 
 
-def _write_matrix(path: Path, chunks: Sequence[np.ndarray], dim: int) -> None:
+def _write_matrix(path: Path, chunks: Sequence[np.ndarray], row_shape: tuple[int, ...]) -> None:
     """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (sum(len(c) for c in chunks), dim)}
+              "shape": (sum(len(c) for c in chunks), *row_shape)}
 
     def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, header)
@@ -290,7 +291,7 @@ def _finish(
     if len(rejects) == len(manifest):
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
     npy = store / f"{encoder.name}.npy"
-    _write_matrix(npy, rows, encoder.dim)
+    _write_matrix(npy, rows, registry.row_shape(encoder))
     cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
     tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
@@ -304,6 +305,7 @@ def _finish(
         "pooling": encoder_metadata.get("pooling"),
         "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
         "dim": encoder.dim,
+        **({"layers": registry.row_shape(encoder)[0]} if len(registry.row_shape(encoder)) == 2 else {}),
         "sample_rate": encoder.sample_rate,
         "min_samples": encoder.min_samples,
         "batch_size": batch_size,
@@ -346,8 +348,13 @@ def extract(
     progress: bool = True,
     devices: str | None = None,
     start_over: bool = False,
+    name: str | None = None,
 ) -> ExtractSummary:
-    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<corpus>/`.
+    """Embed every utterance of `corpus` under `root` with each encoder into the store `out/<name>/`.
+
+    `name` (`corpora.corpus_name`): the store's corpus name, which tables and results folders show;
+    default the corpus's own name, and for a CSV corpus the CSV file's stem (its folder's name for a
+    ``manifest.csv``).
 
     `encoders`: registry names (built with `checkpoints[name]` where they need a folder) or built Encoder
     objects. `batch_size` utterances are loaded (once for all encoders) and embedded together. `on_error`:
@@ -376,15 +383,17 @@ def extract(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     root = _corpus_root(corpus, root)  # generating the demo corpus is not part of the timing
-    store = Path(out) / corpus
+    store_name = corpus_name(corpus, root, name)
+    store = Path(out) / store_name
     with exclusive(store, "feature store") if dist.is_coordinator() else contextlib.nullcontext():
-        return _extract(corpus, root, encoders, store, batch_size, on_error, checkpoints or {}, progress, devices,
-                        start_over)  # fmt: skip
+        return _extract(corpus, root, encoders, store, store_name, batch_size, on_error, checkpoints or {}, progress,
+                        devices, start_over)  # fmt: skip
 
 
 def _extract(
-    corpus: str, root: Path, encoders: Sequence[str | registry.Encoder], store: Path, batch_size: int, on_error: str,
-    checkpoints: Mapping[str, Path], progress: bool, devices: str | None, start_over: bool,
+    corpus: str, root: Path, encoders: Sequence[str | registry.Encoder], store: Path, store_name: str,
+    batch_size: int, on_error: str, checkpoints: Mapping[str, Path], progress: bool, devices: str | None,
+    start_over: bool,
 ) -> ExtractSummary:
     """`extract`'s work, under the store's lock (on host 0)."""
     from parrot_jax import distributed as dist
@@ -406,14 +415,14 @@ def _extract(
             encoder.use_devices(mesh)
     if dist.is_coordinator():
         remove_temporaries(store)
-        write_store_manifest(store, corpus, manifest, str(root), start_over)
+        write_store_manifest(store, store_name, manifest, str(root), start_over)
     n_chunks = -(-len(manifest) // batch_size)
     chunk = lambda k: manifest[k * batch_size : (k + 1) * batch_size]  # noqa: E731
     if dist.is_coordinator():  # host 0 sets the partial folders up before the others read them
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+        summaries, jobs = _plan_jobs(built, store, store_name, manifest, digest, batch_size, on_error, n_chunks)
     dist.barrier(f"extract {store}: planned on host 0")
     if not dist.is_coordinator():
-        summaries, jobs = _plan_jobs(built, store, corpus, manifest, digest, batch_size, on_error, n_chunks)
+        summaries, jobs = _plan_jobs(built, store, store_name, manifest, digest, batch_size, on_error, n_chunks)
     dist.barrier(f"extract {store}: planned")
 
     mine = set(dist.host_rows(n_chunks))
@@ -421,7 +430,7 @@ def _extract(
     processed = [u for k in todo for u in chunk(k)]
     from tqdm import tqdm
 
-    with tqdm(total=len(processed), unit="file", desc=f"extract {corpus}", disable=not progress) as bar:
+    with tqdm(total=len(processed), unit="file", desc=f"extract {store_name}", disable=not progress) as bar:
         for k in todo:
             needed = [job for job in jobs if k in job.todo]
             rates = {job.encoder.sample_rate for job in needed}
@@ -433,14 +442,14 @@ def _extract(
     dist.barrier(f"extract {store}: embedded")
     for job in jobs:
         if dist.is_coordinator():
-            summaries[job.encoder.name] = _finish(job, store, corpus, manifest, batch_size, on_error)
+            summaries[job.encoder.name] = _finish(job, store, store_name, manifest, batch_size, on_error)
     dist.barrier(f"extract {store}: finished")
     for job in jobs:
         if not dist.is_coordinator():
-            meta = read_metadata(store, corpus, job.encoder.name)
+            meta = read_metadata(store, store_name, job.encoder.name)
             summaries[job.encoder.name] = EncoderSummary.from_metadata(meta, job.computed_files, job.reused_files)
     audio_seconds = sum(u.duration for u in processed if u.duration is not None)
-    return ExtractSummary(corpus, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
+    return ExtractSummary(store_name, len(manifest), len(processed), audio_seconds, time.perf_counter() - start,
                           [summaries[name] for name in names])  # fmt: skip
 
 

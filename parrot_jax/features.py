@@ -148,8 +148,9 @@ def load_features(
 
     Refuses (ValueError) a store whose manifest hash differs from the one the features were extracted
     with, and, where `manifest` (e.g. a fresh `load_manifest`) is given, one that differs from it.
-    `mmap`: memory-map the matrix (default: when it is larger than 64 MiB). `verify`: check the .npy's
-    sha256 against the recorded content hash.
+    `mmap`: memory-map the matrix (default: when it is larger than 64 MiB, or holds every layer). `verify`:
+    check the .npy's sha256 against the recorded content hash. The matrix is [N, dim], or [N, layers, dim]
+    for an encoder's ``layer="all"`` (metadata ``layers``).
     """
     store = Path(out) / corpus
     meta = read_metadata(store, corpus, encoder)
@@ -170,10 +171,10 @@ def load_features(
     if verify and sha256_file(path) != meta["features_sha256"]:
         raise ValueError(f"{path}: content hash differs from {meta['features_sha256'][:12]} recorded in its .json")
     if mmap is None:
-        mmap = path.stat().st_size > MMAP_BYTES
+        mmap = path.stat().st_size > MMAP_BYTES or "layers" in meta
     matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    if matrix.dtype != np.float32 or matrix.shape != (len(meta["ids"]), meta["dim"]):
-        expected = [len(meta["ids"]), meta["dim"]]
+    expected = [len(meta["ids"]), *([meta["layers"]] if "layers" in meta else []), meta["dim"]]
+    if matrix.dtype != np.float32 or list(matrix.shape) != expected:
         raise ValueError(f"{path}: expected float32 {expected}, got {matrix.dtype} {list(matrix.shape)}")
     by_id = {u.id: u for u in stored}
     rows = [by_id[i] for i in meta["ids"]]

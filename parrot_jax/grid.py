@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, plan_cells
+from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, check_layer_inputs, plan_cells
 from parrot_jax.config import GridConfig, config_dict, model_config, train_config
 from parrot_jax.features import CorpusData, available_features, load_corpus
 from parrot_jax.files import atomic_write, write_json
@@ -33,24 +33,35 @@ from parrot_jax.files import atomic_write, write_json
 # running cells
 
 
-def cell_folds(config: GridConfig, data: CorpusData):
-    from parrot_jax.splits import make_folds
+def cell_folds(config: GridConfig, data: CorpusData) -> tuple[list, dict | None]:
+    """The corpus's folds under the config's protocol, and (under "emobox") the split files' record."""
+    from parrot_jax.splits import emobox_folds, make_folds
 
+    if config.protocol == "emobox":
+        split = emobox_folds(config.splits_folder(data.corpus), data.ids, [data.class_names[y] for y in data.labels],
+                             data.speakers, config.allow_missing, config.split_seed, config.val_fraction)
+        return split.folds, split.record()
     if config.protocol == "speaker" and data.speakers is None:
         raise ValueError(f"corpus {data.corpus!r} has no speaker ids; use protocol=stratified")
     return make_folds(data.labels, data.speakers, config.protocol, config.folds, config.split_seed,
-                      config.val_fraction)
+                      config.val_fraction), None
 
 
-def check_run(config: GridConfig, data: dict[str, CorpusData]) -> dict[str, list]:
-    """Each corpus's folds, after checking what a run would otherwise refuse midway (dry runs check it
-    too): the train and model overrides, and the folds (protocol, folds vs speakers, val_fraction)."""
+def test_train_ratio(folds) -> float:
+    """Test rows over training rows (train + val) of the folds, averaged: n_test/n_train of the corrected t-test."""
+    return float(np.mean([len(f.test) for f in folds]) / np.mean([len(f.train) + len(f.val) for f in folds]))
+
+
+def check_run(config: GridConfig, data: dict[str, CorpusData]) -> tuple[dict[str, list], dict[str, dict | None]]:
+    """Each corpus's folds and split-file record, after checking what a run would otherwise refuse midway
+    (dry runs check it too): the train and model overrides, and the folds (protocol, folds vs speakers,
+    val_fraction, split files)."""
     train_config(config)
-    folds = {}
+    folds, split_records = {}, {}
     for corpus, corpus_data in data.items():
         model_config(config, len(corpus_data.class_names))
-        folds[corpus] = cell_folds(config, corpus_data)
-    return folds
+        folds[corpus], split_records[corpus] = cell_folds(config, corpus_data)
+    return folds, split_records
 
 
 def versions() -> dict:
@@ -99,10 +110,11 @@ def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, Corpu
 
 
 def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds, provenance: dict,
-              keys: dict[str, str]) -> list[dict]:
+              keys: dict[str, str], split_record: dict | None = None) -> list[dict]:
     """Train/evaluate one group of `pack_groups` (one program); on the coordinator, write each cell's
-    activations / checkpoint; return the cells' JSON records."""
+    activations / checkpoint; return the cells' JSON records (with the split files' record, if any)."""
     from parrot_jax import distributed as dist
+    from parrot_jax.metrics import from_confusion
 
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     method = cells[0].method
@@ -135,7 +147,10 @@ def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds
             "config": config_dict(config),
             "provenance": provenance,
             "class_names": list(data.class_names),
-            "metrics": {m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
+            "metrics": {**{m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
+                        "micro_f1": [from_confusion(r.confusion)["micro_f1"] for r in runs]},
+            "fold_rows": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+            "splits": split_record,
             "confusion": np.sum([r.confusion for r in runs], axis=0).tolist(),
             "result": result.to_json(),
             "artifacts": artifacts,
@@ -158,9 +173,9 @@ def _write_artifacts(cell: Cell, config: GridConfig, data: CorpusData, folds, fe
 
     tc, mc = train_config(config), model_config(config, len(data.class_names))
     if cell.method in config.tsne_methods:
-        acts = test_activations(result, mc, features, folds, tc.eval_batch_size)
+        rows, acts = test_activations(result, mc, features, folds, tc.eval_batch_size)
         path = config.run_dir / "cells" / f"{cell.name}.penultimate.npz"
-        atomic_write(path, lambda f: np.savez(f, activations=acts, labels=data.labels))
+        atomic_write(path, lambda f: np.savez(f, activations=acts, labels=data.labels[rows], rows=rows))
         artifacts["penultimate"] = path.name
     if config.checkpoints:
         target = config.run_dir / "models" / cell.name
@@ -202,6 +217,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     cells_dir = config.run_dir / "cells"
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}
+    check_layer_inputs(cells, config, data)
     keys = {cell.name: cell_key(cell, config, data[cell.corpus]) for cell in cells}
     found = [
         STATUSES.index(cell_status(cells_dir / f"{cell.name}.json", keys[cell.name],
@@ -211,7 +227,11 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     ]
     # every process runs the cells process 0 found missing (a file may appear while others look)
     status = {cell.name: STATUSES[i] for cell, i in zip(cells, dist.from_coordinator(np.array(found, np.int32)))}
-    folds = check_run(config, data)
+    folds, split_records = check_run(config, data)
+    for corpus, record in split_records.items():
+        if record and (record["missing"]["count"] or record["unused"]["count"]):
+            echo(f"{corpus}: {record['missing']['count']} split row(s) not in the store and "
+                 f"{record['unused']['count']} store row(s) in no split left out (allow_missing)")
     if dry_run:
         echo(f"{len(cells)} cells in {config.run_dir} ({sum(s == 'done' for s in status.values())} done):")
         for cell in cells:
@@ -230,7 +250,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
         for group in groups:
             bar.set_postfix_str(", ".join(c.name for c in group))
             corpus = group[0].corpus
-            records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys)
+            records = run_cells(group, config, data[corpus], folds[corpus], provenance, keys, split_records[corpus])
             if writer:
                 for cell, record in zip(group, records):
                     write_json(cells_dir / f"{cell.name}.json", record)
@@ -241,9 +261,11 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     if writer:
         cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
         row_order = list(dict.fromkeys(c.abbrev for c in cells))
-        report.write_tables(cell_records, config.run_dir, row_order)
+        report.write_tables(cell_records, config.run_dir, row_order, metrics=config.metrics,
+                            test_train_ratio={c: test_train_ratio(f) for c, f in folds.items()})
         write_json(config.run_dir / "grid.json", {
             "config": config_dict(config), "provenance": provenance, "notes": notes,
+            "splits": {c: r for c, r in split_records.items() if r is not None},
             "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
             "seconds": seconds, "versions": versions(),
         })

@@ -1,9 +1,14 @@
 """Classification metrics of one test fold (scikit-learn does the counting).
 
-- accuracy = (1/N) sum_i [y_i = yhat_i]
+- accuracy, the WA (weighted accuracy) of SER papers = (1/N) sum_i [y_i = yhat_i]
+- UAR, the UA (unweighted accuracy) of SER papers = mean over classes c present in y of the recall
+  R_c = |y = c, yhat = c| / |y = c|
 - macro-F1 = mean over classes c of 2 P_c R_c / (P_c + R_c), over the classes present in y or yhat
-- UAR (unweighted average recall) = mean over classes c present in y of R_c = |y = c, yhat = c| / |y = c|
+- micro-F1 = F1 of the pooled counts; for single-label classification it equals the accuracy
 - confusion[i, j] = number of rows with true class i predicted as j (rows: true, columns: predicted)
+
+`from_confusion` computes all four from a confusion matrix (so from a stored cell record), and
+`METRIC_ALIASES` maps the names tables take (``--metrics wa,ua,f1``) to the records' keys.
 """
 
 from __future__ import annotations
@@ -34,6 +39,34 @@ def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(balanced_accuracy_score(*_check(y_true, y_pred)))
 
 
+def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of the counts pooled over classes (equal to the accuracy for single-label classes)."""
+    return float(f1_score(*_check(y_true, y_pred), average="micro", zero_division=0.0))
+
+
+#: Metric names a table may show -> the key of the cell records' per-run lists.
+METRIC_ALIASES: dict[str, str] = {
+    "wa": "accuracy", "acc": "accuracy", "accuracy": "accuracy",
+    "ua": "uar", "uar": "uar",
+    "f1": "macro_f1", "macro_f1": "macro_f1",
+    "micro_f1": "micro_f1",
+}  # fmt: skip
+METRIC_KEYS: tuple[str, ...] = ("accuracy", "uar", "macro_f1", "micro_f1")
+
+
+def from_confusion(confusion_matrix_: np.ndarray) -> dict[str, float]:
+    """accuracy (WA), uar (UA), macro_f1, micro_f1 of a confusion matrix [C, C] (rows true)."""
+    m = np.asarray(confusion_matrix_, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.sum() <= 0 or (m < 0).any():
+        raise ValueError(f"expected a non-empty square confusion matrix of counts, got shape {m.shape}")
+    hits, true, predicted = np.diag(m), m.sum(axis=1), m.sum(axis=0)
+    recall = hits[true > 0] / true[true > 0]
+    present = (true + predicted) > 0
+    f1 = 2 * hits[present] / (true[present] + predicted[present])  # 2PR / (P + R) = 2 TP / (|y=c| + |yhat=c|)
+    accuracy_ = float(hits.sum() / m.sum())
+    return {"accuracy": accuracy_, "uar": float(recall.mean()), "macro_f1": float(f1.mean()), "micro_f1": accuracy_}
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """int64 [num_classes, num_classes]; entry [i, j] counts true class i predicted as class j."""
     y_true, y_pred = _check(y_true, y_pred)
@@ -44,10 +77,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 
 
 def summarize(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    """All four metrics of one fold: accuracy, macro_f1, uar (floats) and confusion (list of lists)."""
+    """The metrics of one fold: accuracy, macro_f1, uar, micro_f1 (floats) and confusion (list of lists)."""
     return {
         "accuracy": accuracy(y_true, y_pred),
         "macro_f1": macro_f1(y_true, y_pred),
         "uar": uar(y_true, y_pred),
+        "micro_f1": micro_f1(y_true, y_pred),
         "confusion": confusion(y_true, y_pred, num_classes).tolist(),
     }

@@ -12,6 +12,10 @@ Two-embedding models (inputs (x_p, x_q), [B, D_p] and [B, D_q]); each input goes
     ot:       concat(F_q, F_p) only      (ablation: PARROT without the Hadamard branch)
 ConvStack: Conv1D(64, k3, ReLU) -> MaxPool(2) -> Conv1D(128, k3, ReLU) -> MaxPool(2).
 
+Stacked layers (``ModelConfig.layer_mix="softmax"``): an input may be [B, L+1, D], every layer of an encoder
+(its ``layer=all`` feature); the model first reduces it to [B, D] by a learned softmax-weighted sum of the
+layers (LayerMix, s3prl's Featurizer), one set of weights per input, then proceeds as above.
+
 Calling convention, every model:
     logits = module.apply({"params": params}, inputs, mask=None, train=False, rngs={"dropout": key})
 with `inputs` a tuple of 1 or 2 float32 arrays [B, D_i], `mask` an optional bool [B] (False = a padding
@@ -41,6 +45,7 @@ from parrot_jax.ot import SinkhornOptions, normalized_cost, transport_plan
 MODEL_KINDS: tuple[str, ...] = ("fcn", "cnn", "parrot", "concat", "hadamard", "ot")
 DROPOUT_PLACES: tuple[str, ...] = ("conv", "latent", "head")
 TRANSPORTS: tuple[str, ...] = ("plain", "barycentric")
+LAYER_MIXES: tuple[str, ...] = ("none", "softmax")
 CONV_PADDINGS: tuple[str, ...] = ("VALID", "SAME")
 
 
@@ -65,6 +70,10 @@ class ModelConfig:
         "barycentric": T_pq = n_valid Gamma R_p, T_qp = n_valid Gamma^T R_q, i.e. barycentric projections
             (weights summing to 1 per row), independent of the batch size. Exactly n_valid times "plain".
     sinkhorn: the plan's solver options (parrot_jax.ot.SinkhornOptions).
+    layer_mix: how an input holding every encoder layer, [B, L+1, D], becomes one embedding:
+        "none" (default: the paper pools one layer, so inputs are [B, D] and a stacked input is refused) or
+        "softmax": sum_k softmax(w)_k h_k with learned w [L+1], zeros at initialisation (the layers' mean),
+        as s3prl's Featurizer; [B, D] inputs pass unchanged.
     """
 
     num_classes: int
@@ -78,6 +87,7 @@ class ModelConfig:
     dropout_places: tuple[str, ...] = ("head",)
     transport: Literal["plain", "barycentric"] = "plain"
     sinkhorn: SinkhornOptions = field(default_factory=SinkhornOptions)
+    layer_mix: Literal["none", "softmax"] = "none"
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any) -> None:
@@ -101,6 +111,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout_places: unknown {sorted(unknown)}; known: {DROPOUT_PLACES}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"ModelConfig.transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.layer_mix not in LAYER_MIXES:
+            raise ValueError(f"ModelConfig.layer_mix must be one of {LAYER_MIXES}, got {self.layer_mix!r}")
         if not isinstance(self.sinkhorn, SinkhornOptions):
             raise ValueError(f"ModelConfig.sinkhorn must be a SinkhornOptions, got {type(self.sinkhorn).__name__}")
 
@@ -219,14 +231,33 @@ class OTFusion(nn.Module):
         return jnp.concatenate([t_pq, r_q, t_qp, r_p], axis=-1)
 
 
-def _check_inputs(inputs: Any, count: int, mask: jax.Array | None, model: str) -> tuple[jax.Array, ...]:
-    """The inputs as a tuple of `count` float32 [B, D_i] arrays with one B; a clear error otherwise."""
+class LayerMix(nn.Module):
+    """[B, L+1, D] -> [B, D]: sum_k softmax(w)_k h[:, k], w [L+1] learned ("weights", zeros at init)."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        w = self.param("weights", nn.initializers.zeros, (h.shape[1],), jnp.float32)
+        return jnp.einsum("l,bld->bd", jax.nn.softmax(w), h)
+
+
+def _mix_layers(inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Each stacked input [B, L+1, D] through its own LayerMix (``layer_mix_<i>``); [B, D] ones unchanged."""
+    return tuple(LayerMix(name=f"layer_mix_{i}")(x) if x.ndim == 3 else x for i, x in enumerate(inputs))
+
+
+def _check_inputs(inputs: Any, count: int, mask: jax.Array | None, model: str,
+                  layer_mix: str = "none") -> tuple[jax.Array, ...]:
+    """The inputs as a tuple of `count` float32 [B, D_i] arrays (or [B, L+1, D_i] under layer_mix "softmax")
+    with one B; a clear error otherwise."""
     if not isinstance(inputs, (tuple, list)) or len(inputs) != count:
         got = f"{type(inputs).__name__} of length {len(inputs)}" if isinstance(inputs, (tuple, list)) else type(inputs).__name__
         raise ValueError(f"{model}: inputs must be a tuple of {count} array(s) [B, D], got {got}")
     arrays = tuple(jnp.asarray(x) for x in inputs)
     for i, x in enumerate(arrays):
-        if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        if x.ndim == 3 and layer_mix == "none":
+            raise ValueError(f"{model}: inputs[{i}] holds every layer {x.shape}; a model takes stacked layers only "
+                             "with ModelConfig.layer_mix='softmax'")
+        if x.ndim not in (2, 3) or not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"{model}: inputs[{i}] must be a float array [B, D], got {x.dtype} {x.shape}")
     batch = arrays[0].shape[0]
     if any(x.shape[0] != batch for x in arrays):
@@ -243,7 +274,7 @@ class FCNHead(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Sequence[jax.Array], mask: jax.Array | None = None, train: bool = False) -> jax.Array:
-        (x,) = _check_inputs(inputs, 1, mask, "FCNHead")
+        (x,) = _mix_layers(_check_inputs(inputs, 1, mask, "FCNHead", self.config.layer_mix))
         return Classifier(self.config, name="head")(x, train)
 
 
@@ -254,7 +285,7 @@ class CNNHead(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Sequence[jax.Array], mask: jax.Array | None = None, train: bool = False) -> jax.Array:
-        (x,) = _check_inputs(inputs, 1, mask, "CNNHead")
+        (x,) = _mix_layers(_check_inputs(inputs, 1, mask, "CNNHead", self.config.layer_mix))
         return Classifier(self.config, name="head")(ConvStack(self.config, name="conv")(x, train), train)
 
 
@@ -271,7 +302,7 @@ class _TwoBranchModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Sequence[jax.Array], mask: jax.Array | None = None, train: bool = False) -> jax.Array:
-        x_p, x_q = _check_inputs(inputs, 2, mask, type(self).__name__)
+        x_p, x_q = _mix_layers(_check_inputs(inputs, 2, mask, type(self).__name__, self.config.layer_mix))
         r_p = CNNBranch(self.config, name="branch_p")(x_p, train)
         r_q = CNNBranch(self.config, name="branch_q")(x_q, train)
         return Classifier(self.config, name="head")(self.fuse(r_p, r_q, mask), train)

@@ -7,10 +7,15 @@ Output, in the run folder:
   (encoder pairs x Concatenation, PARROT, and the HP-only / OT-only ablations where run), each with the
   paper's published number beside ours and the difference ``ours - paper`` (percentage points);
 - ``table1.png`` / ``table2.png``: ours (mean +- std) against the paper, one panel per corpus;
-- ``confusion_<cell>.png`` (the paper's Figure 3) and ``tsne_<cell>.png`` (its Figure 2).
+- ``confusion_<cell>.png`` (the paper's Figure 3) and ``tsne_<cell>.png`` (its Figure 2);
+- ``significance.csv``: for each Table 2 pair, PARROT against Concatenation and each ablation against
+  PARROT, per metric, the paired tests of `parrot_jax.significance` over the matched (seed, fold) runs;
+  ``table2.md`` marks a cell with † where the corrected resampled t-test gives p < 0.05 and lists the tests.
 
 Scores are percentages. "mean +- std" is over every (seed, fold) run of a cell: the mean, and the
-sample standard deviation (divisor n - 1; 0 when a cell has a single run).
+sample standard deviation (divisor n - 1; 0 when a cell has a single run). The metrics shown are the
+names asked for (`metrics.METRIC_ALIASES`: wa/acc, ua/uar, f1/macro_f1, micro_f1); the paper's tables
+show Acc (= WA) and F1 (macro).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from parrot_jax.metrics import METRIC_ALIASES, from_confusion
+from parrot_jax.significance import ALPHA, PairedTest, paired_tests
 
 PAPER_TABLES = Path(__file__).resolve().parent / "paper_tables.csv"  # package data
 
@@ -38,7 +46,12 @@ METHOD_TITLES = {
     "hadamard": "HP only",
     "ot": "OT only",
 }
-METRICS = {"accuracy": "Acc", "macro_f1": "F1"}
+METRICS = {"accuracy": "Acc", "macro_f1": "F1"}  # the paper's metrics (experiments/paper_tables.csv columns)
+#: Column titles of the metric names a table may be asked for.
+METRIC_TITLES = {"wa": "WA", "acc": "Acc", "accuracy": "Acc", "ua": "UA", "uar": "UAR", "f1": "F1",
+                 "macro_f1": "F1", "micro_f1": "micro-F1"}  # fmt: skip
+DEFAULT_METRICS = ("acc", "f1")
+SIGNIFICANT = "†"
 
 PaperKey = tuple[int, str, str, str]  # (table, method, encoders abbreviation, corpus)
 
@@ -47,7 +60,8 @@ PaperKey = tuple[int, str, str, str]  # (table, method, encoders abbreviation, c
 class CellRecord:
     """What the report needs from one cell's result file.
 
-    `runs` maps a metric name to its per-(seed, fold) values as fractions in [0, 1];
+    `runs` maps a metric name to its per-(seed, fold) values as fractions in [0, 1], in the order of
+    `run_ids` ((seed, fold) of each run; empty where unknown);
     `confusion[i, j]` counts test utterances of true class i predicted as j, summed over runs.
     """
 
@@ -60,20 +74,28 @@ class CellRecord:
     confusion: np.ndarray
     class_names: tuple[str, ...]
     name: str
+    run_ids: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CellRecord":
+        """A grid's cell record; metrics it lacks (micro_f1 in older records) come from its runs' confusions."""
         cell = data["cell"]
+        runs = {k: tuple(float(v) for v in vals) for k, vals in data["metrics"].items()}
+        per_run = data.get("result", {}).get("runs", [])
+        if per_run:
+            scores = [from_confusion(r["confusion"]) for r in per_run]
+            runs.update({k: tuple(s[k] for s in scores) for k in scores[0] if k not in runs})
         return cls(
             corpus=cell["corpus"],
             table=int(cell["table"]),
             method=cell["method"],
             encoders=tuple(cell["encoders"]),
             abbrev=cell["abbrev"],
-            runs={k: tuple(float(v) for v in vals) for k, vals in data["metrics"].items()},
+            runs=runs,
             confusion=np.asarray(data["confusion"], dtype=np.int64),
             class_names=tuple(data["class_names"]),
             name=cell["name"],
+            run_ids=tuple((int(r["seed"]), int(r["fold"])) for r in per_run),
         )
 
     def score(self, metric: str) -> tuple[float, float]:
@@ -120,15 +142,24 @@ class TableRow:
         return None if self.paper is None else self.mean - self.paper
 
 
+def metric_keys(metrics: Sequence[str]) -> list[str]:
+    """The record keys of metric names (``wa`` -> ``accuracy``); ValueError naming an unknown one."""
+    unknown = [m for m in metrics if m not in METRIC_ALIASES]
+    if unknown or not metrics:
+        raise ValueError(f"metrics: unknown {unknown or 'empty list'}; known: {', '.join(METRIC_ALIASES)}")
+    return [METRIC_ALIASES[m] for m in metrics]
+
+
 def table_rows(
-    cells: Iterable[CellRecord], table: int, paper: dict[PaperKey, dict[str, float]]
+    cells: Iterable[CellRecord], table: int, paper: dict[PaperKey, dict[str, float]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> list[TableRow]:
     """Every (cell, metric) of `table` beside the paper's number (None where the paper has none)."""
     rows = []
     for cell in cells:
         if cell.table != table:
             continue
-        for metric in METRICS:
+        for metric in dict.fromkeys(metric_keys(metrics)):
             mean, std = cell.score(metric)
             published = paper.get((table, cell.method, cell.abbrev, cell.corpus), {}).get(metric)
             rows.append(
@@ -152,30 +183,34 @@ def _row_order(rows: Sequence[TableRow], row_order: Sequence[str]) -> list[str]:
     return _ordered((r.abbrev for r in rows), row_order)
 
 
-def format_cell(row: TableRow | None) -> str:
-    """'ours ± std (paper; ours-paper)', or '–' where we have no result."""
+def format_cell(row: TableRow | None, mark: str = "") -> str:
+    """'ours ± std<mark> (paper; ours-paper)', or '–' where we have no result."""
     if row is None:
         return "–"
-    ours = f"{row.mean:.2f} ± {row.std:.2f}"
+    ours = f"{row.mean:.2f} ± {row.std:.2f}{mark}"
     if row.paper is None:
         return ours
     return f"{ours} ({row.paper:.2f}; {row.diff:+.2f})"
 
 
-def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str] = ()) -> str:
+def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str] = (),
+                   metrics: Sequence[str] = DEFAULT_METRICS, tests: Sequence["Comparison"] = ()) -> str:
     """The paper's layout in Markdown.
 
-    Table 1: columns corpus x {Acc, F1}; rows grouped by downstream (SVM, FCN, CNN), one per encoder.
-    Table 2: columns corpus x fusion x {Acc, F1}; one row per encoder pair.
+    Table 1: columns corpus x metrics (default Acc, F1); rows grouped by downstream (SVM, FCN, CNN), one per encoder.
+    Table 2: columns corpus x fusion x metrics; one row per encoder pair; `tests` (see `comparisons`) mark
+    significant cells with † and are listed below the table.
     `row_order` lists encoder abbreviations (or pairs) in the order rows should appear.
     """
     index = {(r.method, r.abbrev, r.corpus, r.metric): r for r in rows}
+    marks = {(c.method, c.abbrev, c.corpus, c.metric): SIGNIFICANT for c in tests if c.corrected_t.significant}
     corpora = _corpus_order(rows)
     labels = _row_order(rows, row_order)
-    metrics = list(METRICS)
+    titles = {METRIC_ALIASES[m]: METRIC_TITLES[m] for m in metrics}
+    metrics = list(titles)
     if table == 1:
         methods = _ordered((r.method for r in rows), TABLE1_METHODS)
-        header = ["PTM"] + [f"{PAPER_CORPORA.get(c, c)} {METRICS[m]}" for c in corpora for m in metrics]
+        header = ["PTM"] + [f"{PAPER_CORPORA.get(c, c)} {titles[m]}" for c in corpora for m in metrics]
         lines = [_md_line(header), _md_line(["---"] * len(header))]
         for method in methods:
             lines.append(_md_line([f"**{METHOD_TITLES.get(method, method)}**"] + [""] * (len(header) - 1)))
@@ -186,20 +221,98 @@ def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str
     elif table == 2:
         methods = _ordered((r.method for r in rows), TABLE2_METHODS)
         header = ["Fusion"] + [
-            f"{PAPER_CORPORA.get(c, c)} {METHOD_TITLES.get(f, f)} {METRICS[m]}"
+            f"{PAPER_CORPORA.get(c, c)} {METHOD_TITLES.get(f, f)} {titles[m]}"
             for c in corpora for f in methods for m in metrics
         ]
         lines = [_md_line(header), _md_line(["---"] * len(header))]
         for label in labels:
-            cells = [index.get((f, label, c, m)) for c in corpora for f in methods for m in metrics]
-            lines.append(_md_line([label] + [format_cell(x) for x in cells]))
+            keys = [(f, label, c, m) for c in corpora for f in methods for m in metrics]
+            lines.append(_md_line([label] + [format_cell(index.get(k), marks.get(k, "")) for k in keys]))
     else:
         raise ValueError(f"table must be 1 or 2, got {table!r}")
     legend = f"Table {table}: scores in %, ours as mean ± sample std over folds and seeds"
     if any(r.paper is not None for r in rows):
         legend += "; in brackets the paper's number and ours minus the paper's (percentage points)"
     legend += "."
-    return "\n".join(lines) + "\n\n" + legend + "\n"
+    text = "\n".join(lines) + "\n\n" + legend + "\n"
+    if tests:
+        text += "\n" + significance_markdown(tests, titles)
+    return text
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison of a Table 2 row: ``method`` against ``baseline`` on ``metric``."""
+
+    corpus: str
+    abbrev: str
+    method: str
+    baseline: str
+    metric: str
+    corrected_t: PairedTest
+    wilcoxon: PairedTest
+
+
+#: Table 2's paired comparisons: (method, baseline).
+COMPARED = (("parrot", "concat"), ("hadamard", "parrot"), ("ot", "parrot"))
+
+
+def comparisons(cells: Sequence[CellRecord], test_train_ratio: dict[str, float],
+                metrics: Sequence[str] = DEFAULT_METRICS) -> list[Comparison]:
+    """The paired tests of every Table 2 row holding both cells of a `COMPARED` pair, per metric, over the
+    (seed, fold) runs the two cells share (`significance.paired_tests`); ``test_train_ratio[corpus]`` is
+    the ratio of test to training rows of the corpus's folds."""
+    index = {(c.corpus, c.abbrev, c.method): c for c in cells if c.table == 2}
+    out = []
+    for (corpus, abbrev, method), cell in index.items():
+        for compared, baseline in COMPARED:
+            other = index.get((corpus, abbrev, baseline))
+            if method != compared or other is None:
+                continue
+            for metric in dict.fromkeys(metric_keys(metrics)):
+                if not cell.run_ids or not other.run_ids:
+                    raise ValueError(f"cells {cell.name} and {other.name}: runs without (seed, fold) ids cannot be paired")
+                a = dict(zip(cell.run_ids, cell.runs[metric]))
+                b = dict(zip(other.run_ids, other.runs[metric]))
+                t, w = paired_tests(a, b, test_train_ratio[corpus])
+                out.append(Comparison(corpus, abbrev, method, baseline, metric, t, w))
+    return out
+
+
+def significance_markdown(tests: Sequence[Comparison], titles: dict[str, str]) -> str:
+    """The paired tests below Table 2: mean difference (points), corrected t p, Wilcoxon p, runs."""
+    lines = [_md_line(["Pair", "Compared", "Metric", "mean diff (pp)", "corrected t p", "Wilcoxon p", "runs"]),
+             _md_line(["---"] * 7)]
+    for c in tests:
+        lines.append(_md_line([
+            f"{PAPER_CORPORA.get(c.corpus, c.corpus)} {c.abbrev}",
+            f"{METHOD_TITLES.get(c.method, c.method)} vs {METHOD_TITLES.get(c.baseline, c.baseline)}",
+            titles.get(c.metric, c.metric), f"{100 * c.corrected_t.mean_difference:+.2f}",
+            c.corrected_t.p_text(), c.wilcoxon.p_text(), str(c.corrected_t.n),
+        ]))
+    notes = sorted({f"{r.test}: {r.note}" for c in tests for r in (c.corrected_t, c.wilcoxon) if r.p_value is None})
+    return ("\n".join(lines) + f"\n\n{SIGNIFICANT}: differs from the compared method (Concatenation for PARROT, "
+            f"PARROT for an ablation) with p < {ALPHA} in Nadeau and Bengio's corrected resampled t-test over the "
+            "matched (seed, fold) runs; Wilcoxon signed-rank beside it. n/a: " + ("; ".join(notes) or "none") + ".\n")
+
+
+SIGNIFICANCE_FIELDS = ("corpus", "pair", "method", "baseline", "metric", "runs", "mean_difference",
+                       "corrected_t", "corrected_t_p", "wilcoxon_statistic", "wilcoxon_p", "note")
+
+
+def write_significance_csv(tests: Sequence[Comparison], path: Path) -> None:
+    """One line per comparison and metric; p-values empty ("n/a" in ``note``) below a test's minimum."""
+    def num(value: float | None) -> str:
+        return "" if value is None else repr(float(value))
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SIGNIFICANCE_FIELDS)
+        for c in tests:
+            notes = "; ".join(f"{r.test} n/a: {r.note}" for r in (c.corrected_t, c.wilcoxon) if r.note)
+            writer.writerow([c.corpus, c.abbrev, c.method, c.baseline, c.metric, c.corrected_t.n,
+                             repr(c.corrected_t.mean_difference), num(c.corrected_t.statistic),
+                             num(c.corrected_t.p_value), num(c.wilcoxon.statistic), num(c.wilcoxon.p_value), notes])
 
 
 def _md_line(cells: Sequence[str]) -> str:
@@ -228,7 +341,8 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = [r for r in rows if r.metric == "accuracy"]
+    shown = "accuracy" if any(r.metric == "accuracy" for r in rows) else rows[0].metric
+    acc = [r for r in rows if r.metric == shown]
     corpora = _corpus_order(acc)
     method_order = TABLE1_METHODS if table == 1 else TABLE2_METHODS
     labels = _row_order(acc, row_order)
@@ -249,7 +363,7 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
         ax.set_yticks(y, [f"{METHOD_TITLES.get(m, m)} {lab}" for m, lab in shown], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.set_xlabel("accuracy (%)")
+        ax.set_xlabel(f"{shown} (%)")
         ax.set_title(PAPER_CORPORA.get(corpus, corpus))
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
@@ -353,15 +467,21 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
 
 
 def write_tables(cells: Sequence[CellRecord], out: Path, row_order: Sequence[str] = (),
-                 paper: dict[PaperKey, dict[str, float]] | None = None) -> dict[int, str]:
-    """Write table{1,2}.md/.csv/.png for the tables that have cells; returns {table: markdown}."""
+                 paper: dict[PaperKey, dict[str, float]] | None = None, metrics: Sequence[str] = DEFAULT_METRICS,
+                 test_train_ratio: dict[str, float] | None = None) -> dict[int, str]:
+    """Write table{1,2}.md/.csv/.png for the tables that have cells; returns {table: markdown}. With
+    ``test_train_ratio`` ({corpus: test rows / training rows}), also Table 2's paired tests
+    (marks and list in table2.md, ``significance.csv``)."""
     paper = read_paper_tables() if paper is None else paper
+    tests = comparisons(cells, test_train_ratio, metrics) if test_train_ratio is not None else []
+    if test_train_ratio is not None:
+        write_significance_csv(tests, out / "significance.csv")
     written = {}
     for table in (1, 2):
-        rows = table_rows(cells, table, paper)
+        rows = table_rows(cells, table, paper, metrics)
         if not rows:
             continue
-        text = markdown_table(rows, table, row_order)
+        text = markdown_table(rows, table, row_order, metrics, tests if table == 2 else ())
         (out / f"table{table}.md").write_text(text)
         write_csv(rows, out / f"table{table}.csv")
         plot_table(rows, table, out / f"table{table}.png", row_order)

@@ -1,4 +1,5 @@
-"""k-fold splits of a corpus: the paper's stratified folds and speaker-independent folds.
+"""Cross-validation folds of a corpus: the paper's stratified folds, speaker-independent folds, and the
+fixed folds of EmoBox's split files.
 
 Each fold holds three disjoint, sorted sets of row indices: ``test`` (one of the k folds), and the
 remaining k-1 folds divided into ``train`` and ``val`` (the validation part used for early stopping).
@@ -8,14 +9,22 @@ Nothing in ``test`` ever appears in ``train`` or ``val``; under ``protocol="spea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from parrot_jax.corpora import LABELS, vocabulary_label
+
 Protocol = Literal["stratified", "speaker"]
 PROTOCOLS: tuple[str, ...] = ("stratified", "speaker")
+#: Every protocol the grid offers: ours (`make_folds`) and EmoBox's split files (`emobox_folds`).
+ALL_PROTOCOLS: tuple[str, ...] = PROTOCOLS + ("emobox",)
 
 #: Share of each fold's training rows (or speakers) held out for early stopping. The paper uses
 #: early stopping without saying on what; 10 % of the training part is our default.
@@ -114,3 +123,188 @@ def _fold(rest: np.ndarray, test: np.ndarray, val: np.ndarray) -> Fold:
     val = np.sort(val).astype(np.int64)
     train = np.setdiff1d(rest, val).astype(np.int64)
     return Fold(train=train, val=val, test=np.sort(test).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------
+# EmoBox's split files
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """Folds read from split files, and how the files met the store.
+
+    missing: file names the split files list but the store lacks (left out under ``allow_missing``).
+    unused: store rows (by file name) that no split file lists (never used).
+    files: each split file read (path relative to the splits folder) -> its sha256.
+    """
+
+    folds: list[Fold]
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    label_map: dict[str, str] | None = None
+
+    def record(self) -> dict:
+        """What a run records about its splits: files and hashes, rows per fold, missing and unused rows."""
+        return {
+            "files": self.files,
+            "label_map": self.label_map,
+            "rows": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in self.folds],
+            "missing": {"count": len(self.missing), "names": self.missing},
+            "unused": {"count": len(self.unused), "names": self.unused},
+        }
+
+
+_FOLD_DIR = re.compile(r"^fold_(\d+)$")
+_SPLIT_FILE = re.compile(r"^(?P<corpus>.+)_(?P<part>train|valid|test)_fold_(?P<k>\d+)\.jsonl$")
+_SHOWN = 5  # names quoted in an error message
+
+
+def _shown(names: Sequence[str]) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
+
+
+def _read_label_map(path: Path) -> dict[str, str] | None:
+    if not path.is_file():
+        return None
+    try:
+        mapping = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise ValueError(f"{path}: expected a JSON object mapping label codes to names")
+    return mapping
+
+
+def _split_files(splits: Path) -> dict[int, dict[str, Path]]:
+    """{k: {"train": path, "test": path[, "valid": path]}} of ``splits/fold_<k>/<corpus>_<part>_fold_<k>.jsonl``."""
+    if not splits.is_dir():
+        raise ValueError(f"splits folder {splits} does not exist (expected EmoBox's fold_<k>/ folders)")
+    folds: dict[int, dict[str, Path]] = {}
+    for folder in sorted(p for p in splits.iterdir() if p.is_dir() and _FOLD_DIR.match(p.name)):
+        k = int(_FOLD_DIR.match(folder.name)[1])
+        parts: dict[str, Path] = {}
+        for path in sorted(folder.glob("*.jsonl")):
+            m = _SPLIT_FILE.match(path.name)
+            if m is None or int(m["k"]) != k:
+                raise ValueError(f"{path}: unexpected file in a fold folder; expected <corpus>_{{train,test,valid}}_fold_{k}.jsonl")
+            if m["part"] in parts:
+                raise ValueError(f"{folder}: two {m['part']} files ({parts[m['part']].name}, {path.name})")
+            parts[m["part"]] = path
+        lacking = [p for p in ("train", "test") if p not in parts]
+        if lacking:
+            raise ValueError(f"{folder}: no {' or '.join(lacking)} file (expected <corpus>_{{train,test}}_fold_{k}.jsonl)")
+        folds[k] = parts
+    if not folds:
+        raise ValueError(f"{splits}: no fold_<k>/ folders with split files")
+    return folds
+
+
+def _read_split(path: Path, label_map: dict[str, str] | None) -> list[tuple[str, str, str]]:
+    """(file name without extension, vocabulary label, where) of each line of a split file."""
+    lowered = {k.lower(): v for k, v in (label_map or {}).items()}
+    rows, seen = [], {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not a JSON object ({err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("wav"), str) or not isinstance(row.get("emo"), str):
+            raise ValueError(f"{where}: expected a JSON object with string fields 'wav' and 'emo'")
+        name = Path(row["wav"].replace("\\", "/")).stem
+        if name in seen:
+            raise ValueError(f"{where}: {name} listed twice in {path.name} (first on line {seen[name]})")
+        seen[name] = line_no
+        code = row["emo"]
+        label = vocabulary_label(lowered.get(code.lower(), code))
+        if label is None:
+            raise ValueError(f"{where}: label {code!r} of {name} maps to no emotion of the vocabulary ({', '.join(LABELS)})"
+                             + ("" if label_map is None else f" through label_map.json ({lowered.get(code.lower())!r})"))
+        rows.append((name, label, where))
+    return rows
+
+
+def emobox_folds(
+    splits: str | Path,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    speakers: np.ndarray | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> SplitFiles:
+    """The folds of EmoBox's split files for the store's rows.
+
+    ``splits`` is one corpus's folder of EmoBox's ``data/``: ``fold_<k>/<corpus>_{train,test[,valid]}_fold_<k>.jsonl``
+    (one JSON object a line; ``wav`` a path whose file name, without its extension, is matched to the last
+    path component of the store's ids; ``emo`` the corpus's label code) and, when present, ``label_map.json``
+    (code -> name, looked up case-insensitively). Labels map onto the vocabulary (`corpora.vocabulary_label`)
+    and must equal the store's ``labels`` (vocabulary names, one per id), else ValueError naming the file.
+    The folds are the files' (their number too); ``val`` is the valid file's rows, or, without one, carved
+    from the training rows as `make_folds` does: by speaker when ``speakers`` is given, else stratified.
+    Split rows the store lacks and store rows in no split are refused, naming the first few, unless
+    ``allow_missing`` (then left out, and listed in `SplitFiles`).
+    """
+    splits = Path(splits)
+    labels = list(labels)
+    if len(labels) != len(ids):
+        raise ValueError(f"labels: expected one per id ({len(ids)}), got {len(labels)}")
+    row_of: dict[str, int] = {}
+    for r, id_ in enumerate(ids):
+        name = Path(id_).name
+        if name in row_of:
+            raise ValueError(f"store rows {ids[row_of[name]]!r} and {id_!r} share the file name {name!r}; "
+                             "split files match rows by file name")
+        row_of[name] = r
+    label_map = _read_label_map(splits / "label_map.json")
+    files = split_file_hashes(splits)
+    parsed = {k: {part: _read_split(path, label_map) for part, path in parts.items()}
+              for k, parts in sorted(_split_files(splits).items())}
+    listed = {name for parts in parsed.values() for rows in parts.values() for name, _, _ in rows}
+    missing = sorted(listed - set(row_of))
+    unused = sorted(set(row_of) - listed)
+    if (missing or unused) and not allow_missing:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} file(s) in the split files are not in the store: {_shown(missing)}")
+        if unused:
+            problems.append(f"{len(unused)} store row(s) are in no split file: {_shown(unused)}")
+        raise ValueError(f"{splits}: " + "; ".join(problems) + " (allow_missing / --allow-missing leaves them out)")
+    speakers = None if speakers is None else np.asarray(speakers)
+    y = np.asarray(labels)
+    folds = []
+    for k, parts in parsed.items():
+        rows = {}
+        for part, entries in parts.items():
+            for name, label, where in entries:
+                if name in row_of and labels[row_of[name]] != label:
+                    raise ValueError(f"{where}: {name} is labelled {label!r} in the split file but "
+                                     f"{labels[row_of[name]]!r} in the store")
+            rows[part] = np.array(sorted(row_of[n] for n, _, _ in entries if n in row_of), dtype=np.int64)
+        overlap = set(rows["test"]) & (set(rows["train"]) | set(rows.get("valid", [])))
+        if overlap:
+            raise ValueError(f"{splits}/fold_{k}: {_shown(sorted(ids[r] for r in overlap))} in both test and training files")
+        if "valid" in rows:
+            folds.append(_fold(np.union1d(rows["train"], rows["valid"]), rows["test"], rows["valid"]))
+        elif speakers is not None:
+            val = _speaker_val(rows["train"], speakers, val_fraction, np.random.default_rng([seed, k]))
+            folds.append(_fold(rows["train"], rows["test"], val))
+        else:
+            folds.append(_fold(rows["train"], rows["test"], _stratified_val(rows["train"], y, val_fraction, seed)))
+    return SplitFiles(folds, missing, unused, files, label_map)
+
+
+def split_file_hashes(splits: str | Path) -> dict[str, str]:
+    """sha256 of every split file (and label_map.json) under an EmoBox splits folder, by relative path."""
+    splits = Path(splits)
+    paths = [path for parts in _split_files(splits).values() for path in parts.values()]
+    paths += [splits / "label_map.json"] if (splits / "label_map.json").is_file() else []
+    return {path.relative_to(splits).as_posix(): _sha256(path) for path in sorted(paths)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -223,10 +223,12 @@ def _check_inputs(kind: str, num_classes: int, features: Sequence[np.ndarray], l
     if labels.max() >= num_classes:
         raise ValueError(f"labels: class id {int(labels.max())} found, but model_config.num_classes is {num_classes}")
     for i, x in enumerate(features):
-        if x.ndim != 2 or x.shape[0] != len(labels):
-            raise ValueError(f"features[{i}]: expected shape [{len(labels)}, D], got {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"features[{i}]: contains NaN or infinite values (rows {np.where(~np.isfinite(x).all(1))[0][:5].tolist()}...)")
+        if x.ndim not in (2, 3) or x.shape[0] != len(labels):
+            raise ValueError(f"features[{i}]: expected shape [{len(labels)}, D] (or [{len(labels)}, L+1, D], every "
+                             f"layer), got {x.shape}")
+        finite = np.isfinite(x).reshape(len(x), -1).all(1)
+        if not finite.all():
+            raise ValueError(f"features[{i}]: contains NaN or infinite values (rows {np.where(~finite)[0][:5].tolist()}...)")
     if not folds:
         raise ValueError("folds: expected at least one Fold")
     for f, fold in enumerate(folds):
@@ -297,9 +299,9 @@ class _Programs:
         self.keep_best = jax.jit(jax.vmap(lambda better, new, old: jax.tree_util.tree_map(
             lambda a, b: jnp.where(better, a, b), new, old)), donate_argnums=(2,))
 
-    def _init(self, key: jax.Array, dims: tuple[int, ...]) -> tuple[PyTree, PyTree]:
+    def _init(self, key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[PyTree, PyTree]:
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
-        dummy = tuple(jnp.zeros((2, d), jnp.float32) for d in dims)
+        dummy = tuple(jnp.zeros((2, *shape), jnp.float32) for shape in shapes)
         params = self.module.init({"params": k_params, "dropout": k_dropout}, dummy, mask=None, train=False)["params"]
         return params, self.tx.init(params)
 
@@ -388,7 +390,7 @@ def _train_members(
     M = len(members)
     mean, scale = place((tuple(map(jnp.asarray, stats.mean)), tuple(map(jnp.asarray, stats.scale))))
     keys = place(_member_keys(members))
-    state = place(programs.init(keys, tuple(int(x.shape[1]) for x in xs)))
+    state = place(programs.init(keys, tuple(tuple(int(d) for d in x.shape[1:]) for x in xs)))
     best = jax.tree_util.tree_map(jnp.copy, state[0])
     offsets = [c * n_rows for c, _, _ in members]
     train_rows = [folds[f].train for _, _, f in members]
@@ -527,8 +529,8 @@ def train_cells(
             tuple(np.stack([fitted[c, f].scale[i] for c, _, f in members]) for i in range(n_inputs)),
         )
     else:
-        member_stats = Standardizer(tuple(np.zeros((len(members), x.shape[1]), np.float32) for x in cells[0]),
-                                    tuple(np.ones((len(members), x.shape[1]), np.float32) for x in cells[0]))
+        member_stats = Standardizer(tuple(np.zeros((len(members), *x.shape[1:]), np.float32) for x in cells[0]),
+                                    tuple(np.ones((len(members), *x.shape[1:]), np.float32) for x in cells[0]))
     programs = _programs(kind, model_config, config.learning_rate, config.loop_form())
     rows = tuple(np.concatenate([features[i] for features in cells]) if K > 1 else cells[0][i] for i in range(n_inputs))
     all_labels = np.tile(labels.astype(np.int32), K)
@@ -624,8 +626,8 @@ def predict_logits(
         raise ValueError(f"model kind {kind!r} takes {num_inputs(kind)} feature array(s), got {len(features)}")
     n = len(features[0])
     for i, x in enumerate(features):
-        if x.ndim != 2 or len(x) != n:
-            raise ValueError(f"features[{i}]: expected shape [{n}, D], got {x.shape}")
+        if x.ndim not in (2, 3) or len(x) != n:
+            raise ValueError(f"features[{i}]: expected shape [{n}, D] (or [{n}, L+1, D]), got {x.shape}")
     if standardizer is not None:
         features = standardizer.apply(features)
     module = build_model(kind, model_config)

@@ -131,6 +131,20 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert {u.label for u in manifest} <= set(LABELS)
 
 
+def test_corpus_names(tmp_path: Path) -> None:
+    from parrot_jax.corpora import corpus_name
+
+    ravdess = tmp_path / "ravdess"
+    ravdess.mkdir()
+    assert corpus_name("csv", ravdess) == "ravdess"  # a folder holding manifest.csv
+    assert corpus_name("csv", ravdess / "manifest.csv") == "ravdess"
+    assert corpus_name("csv", tmp_path / "tess_subset.csv") == "tess_subset"  # any other CSV: its stem
+    assert corpus_name("csv", ravdess, "RAVDESS-speech") == "RAVDESS-speech"
+    assert corpus_name("emodb", tmp_path) == "emodb"
+    with pytest.raises(ValueError, match=r"corpus name 'my corpus' cannot name a folder; .* \(set one with --name\)"):
+        corpus_name("csv", tmp_path / "my corpus.csv")
+
+
 def test_csv_refuses_bad_rows(tmp_path: Path) -> None:
     outside = _write_tone(tmp_path / "outside.wav")
     root = tmp_path / "corpus"

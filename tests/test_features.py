@@ -116,9 +116,9 @@ def test_bad_files_raise_or_are_skipped_and_listed(demo: Path, tmp_path: Path) -
     mfcc, logmel = summary.encoders
     assert (mfcc.rows, mfcc.rejects) == (3, 5)
     assert (logmel.rows, logmel.rejects) == (4, 4)  # 1000 samples are enough for log-mel statistics (400)
-    features = load_features(tmp_path / "skip", "csv", "mfcc-stats")
+    features = load_features(tmp_path / "skip", "bad", "mfcc-stats")  # the manifest.csv folder names it
     assert features.ids == ("01a01Wa", "01a01Ta", "02a01Fa")
-    with open(tmp_path / "skip" / "csv" / "mfcc-stats.rejects.tsv", newline="") as f:
+    with open(tmp_path / "skip" / "bad" / "mfcc-stats.rejects.tsv", newline="") as f:
         listed = list(csv.DictReader(f, delimiter="\t"))
     assert [r["id"] for r in listed] == list(reasons)
     for row in listed:
@@ -254,7 +254,7 @@ def test_non_finite_embeddings_are_rejected_naming_the_file(demo: Path, tmp_path
         extract("csv", root, [encoder], tmp_path / "raise", progress=False)
     summary = extract("csv", root, [encoder], tmp_path / "skip", on_error="skip", progress=False)
     assert (summary.encoders[0].rows, summary.encoders[0].rejects) == (1, 1)
-    features = load_features(tmp_path / "skip", "csv", "egemaps")
+    features = load_features(tmp_path / "skip", "corpus", "egemaps")
     assert features.ids == ("long",) and np.all(np.isfinite(features.matrix))
     assert features.metadata["rejects"] == [{"id": "tiny", "path": "tiny.wav", "reason": "encoder 'egemaps' gave a "
                                              "non-finite (NaN/Inf) embedding"}]  # fmt: skip

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,8 +128,14 @@ def test_overrides_parse_by_field_type():
         apply_overrides(GridConfig(), ["epoch=5"])
     with pytest.raises(ValueError, match=r"override ablations='maybe': expected true or false"):
         apply_overrides(GridConfig(), ["ablations=maybe"])
-    with pytest.raises(ValueError, match=r"GridConfig.protocol: expected 'stratified' or 'speaker', got 'loso'"):
+    with pytest.raises(ValueError, match=r"GridConfig.protocol: expected one of \('stratified', 'speaker', 'emobox'\), "
+                                         r"got 'loso'"):
         apply_overrides(GridConfig(), ["protocol=loso"])
+    with pytest.raises(ValueError, match=r"protocol 'emobox' needs the split files' folder \(splits / --splits DIR\)"):
+        apply_overrides(GridConfig(), ["protocol=emobox"])
+    with pytest.raises(ValueError, match=r"metrics: unknown \['wer'\]; known: wa, acc"):
+        apply_overrides(GridConfig(), ["metrics=wa,wer"])
+    assert apply_overrides(GridConfig(), ["metrics=wa,ua,f1"]).metrics == ("wa", "ua", "f1")
     with pytest.raises(ValueError, match=r"override 'folds': expected key=value"):
         apply_overrides(GridConfig(), ["folds"])
 
@@ -410,3 +418,117 @@ def test_progress_without_validation_rows_shows_no_nan(recwarn):
     assert "val_acc=0.750" in str(bar.postfix)
     bar.close()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# EmoBox split files, metrics by name, paired tests
+
+
+def _write_emobox_splits(folder: Path, store: Path, extra: str | None = None) -> dict[int, set[str]]:
+    """EmoBox-layout split files for the demo store: fold k tests speaker k's rows (k = 1, 2), trains on
+    the rest; labels as capitalised names through a label_map.json. Returns {k: test file names}."""
+    from parrot_jax.features import load_features
+
+    fs = load_features(store, "demo", "mfcc-stats")
+    speakers = sorted(set(fs.speakers))
+    tests = {}
+    for k in (1, 2):
+        (folder / f"fold_{k}").mkdir(parents=True)
+        parts = {"test": [], "train": []}
+        for id_, label, speaker in zip(fs.ids, fs.labels, fs.speakers):
+            parts["test" if speaker == speakers[k - 1] else "train"].append((Path(id_).name, label))
+        if extra:
+            parts["train"].append((extra, "anger"))
+        for part, rows in parts.items():
+            (folder / f"fold_{k}" / f"demo_{part}_fold_{k}.jsonl").write_text("".join(
+                json.dumps({"key": f"demo-{n}", "wav": f"downloads/demo/wav/{n}.wav", "emo": lab[:3].upper()}) + "\n"
+                for n, lab in rows))
+        tests[k] = {n for n, _ in parts["test"]}
+    codes = {"ANG": "Angry", "HAP": "Happy", "SAD": "Sad", "NEU": "Neutral", "FEA": "Fear", "BOR": "Boredom",
+             "DIS": "Disgust"}
+    (folder / "label_map.json").write_text(json.dumps(codes))
+    return tests
+
+
+def test_emobox_protocol_trains_on_the_split_files_and_tests_the_pairs(tmp_path, store):
+    from parrot_jax.features import load_features
+
+    splits = tmp_path / "emobox" / "demo"
+    tests = _write_emobox_splits(splits, store, extra="99z99Wz")
+    config = GridConfig(run="emobox", features=str(store), results=str(tmp_path / "results"), protocol="emobox",
+                        splits=str(tmp_path / "emobox"), metrics=("wa", "ua", "f1"), seeds=(0, 1),
+                        table1=("svm",), table2=("concat", "parrot"), val_fraction=0.5,
+                        train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
+                        model={"filters": (4, 8), "latent_dim": 8, "hidden": 16,
+                               "sinkhorn": {"max_iterations": 20, "threshold": None}})
+    with pytest.raises(ValueError, match=r"1 file\(s\) in the split files are not in the store: 99z99Wz"):
+        grid.run_grid(config, echo=lambda _: None)
+    outcome = grid.run_grid(dataclasses.replace(config, allow_missing=True), echo=lambda _: None)
+    ids = load_features(store, "demo", "mfcc-stats").ids
+    record = outcome.records["demo__parrot__mfcc-stats+logmel-stats"]
+    assert record["splits"]["missing"] == {"count": 1, "names": ["99z99Wz"]}
+    assert json.loads((config.run_dir / "grid.json").read_text())["splits"]["demo"]["missing"]["count"] == 1
+    assert len(record["result"]["runs"]) == 4  # 2 folds (the files') x 2 seeds
+    for run in record["result"]["runs"]:
+        assert {Path(ids[i]).name for i in run["test_indices"]} == tests[run["fold"] + 1]
+    assert set(record["metrics"]) == {"accuracy", "uar", "macro_f1", "micro_f1"}
+    assert record["metrics"]["micro_f1"] == pytest.approx(record["metrics"]["accuracy"])
+    table2 = outcome.tables[2]
+    assert "demo Concatenation WA | demo Concatenation UA | demo Concatenation F1" in table2
+    paired = [line for line in table2.splitlines() if "PARROT vs Concatenation" in line]
+    assert [line.split(" | ")[2] for line in paired] == ["WA", "UA", "F1"]
+    assert all(line.endswith("| n/a | 4 |") for line in paired)  # Wilcoxon n/a with 4 runs
+    with (config.run_dir / "significance.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["baseline"], r["metric"], r["runs"]) for r in rows] == [
+        ("parrot", "concat", m, "4") for m in ("accuracy", "uar", "macro_f1")]
+    for r in rows:  # 4 runs: the corrected t gives a p-value, Wilcoxon (minimum 6) says n/a
+        assert 0.0 <= float(r["corrected_t_p"]) <= 1.0 and r["wilcoxon_p"] == ""
+        assert "wilcoxon n/a: needs at least 6 non-zero differences" in r["note"]
+
+
+def test_grid_command_takes_run_and_metrics(tmp_path, store, capsys):
+    from parrot_jax import cli
+
+    config = _config_file(tmp_path, store)
+    assert cli.main(["grid", "--config", str(config), "--run", "named", "--metrics", "wa,ua", "--dry-run"]) == 0
+    assert f"cells in {tmp_path / 'results' / 'named'}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# features holding every layer (an encoder's layer="all")
+
+
+class Layers(Columns):
+    """Stands in for an attention encoder with layer="all": 3 "layers" of 12 logmel-stats columns each."""
+
+    layers = 3
+
+    def embed_batch(self, waves):
+        full = self.inner.embed_batch(waves)
+        return np.stack([full[:, k * self.dim : (k + 1) * self.dim] for k in range(self.layers)], axis=1)
+
+
+def test_layer_all_features_need_a_model_that_mixes_layers(tmp_path):
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.extraction import extract
+    from parrot_jax.features import load_features
+
+    root = generate_demo_corpus(tmp_path / "corpus", seed=0, n_speakers=3, n_texts=2)
+    extract("demo", root, [Layers("wavlm-base", 0), Columns("hubert-base", 40)], tmp_path / "features", progress=False)
+    stacked = load_features(tmp_path / "features", "demo", "wavlm-base")
+    assert isinstance(stacked.matrix, np.memmap) and stacked.matrix.shape == (24, 3, 12)
+    assert stacked.metadata["layers"] == 3 and load_features(tmp_path / "features", "demo", "hubert-base").matrix.ndim == 2
+    config = equal_config(tmp_path / "features", tmp_path / "results", "layers", 1)
+    with pytest.raises(ValueError, match=re.escape(
+            "cell demo__svm__wavlm-base: feature wavlm-base holds every layer [24, 3, 12] (layer=all), but method "
+            "'svm' cannot take it: the SVM takes one embedding per utterance")):
+        grid.run_grid(dataclasses.replace(config, table1=("svm",)), echo=lambda _: None)
+    with pytest.raises(ValueError, match=re.escape(
+            "cell demo__fcn__wavlm-base: feature wavlm-base holds every layer [24, 3, 12] (layer=all), but method "
+            "'fcn' cannot take it: its model has layer_mix='none'")):
+        grid.run_grid(config, echo=lambda _: None)
+    mixing = dataclasses.replace(config, table2=("concat",), model={**config.model, "layer_mix": "softmax"})
+    outcome = grid.run_grid(mixing, echo=lambda _: None)
+    assert set(outcome.records) == {"demo__fcn__wavlm-base", "demo__fcn__hubert-base", "demo__concat__wavlm-base+hubert-base"}
+    assert all(len(r["result"]["runs"]) == 3 for r in outcome.records.values())

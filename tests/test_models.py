@@ -265,3 +265,40 @@ def test_bad_config_is_named(kwargs, message):
     with pytest.raises(ValueError) as err:
         ModelConfig(**{"num_classes": 3, **kwargs})
     assert str(err.value) == message
+
+
+# ---- learned layer weights (layer_mix="softmax") ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fcn", "cnn", "concat"])
+def test_one_hot_layer_weights_give_exactly_the_fixed_layer_model(kind):
+    """Stacked inputs [B, L+1, D] with softmax weights one-hot on layer k (logits -inf elsewhere) give the
+    same logits, bit for bit, as the fixed-layer model (layer_mix="none", the same other params) on layer k."""
+    layers, k, batch = 4, 2, 6
+    mixed_config = ModelConfig(**{**TINY.__dict__, "layer_mix": "softmax"})
+    fixed, params, _ = _init(kind, TINY, TINY_DIMS, batch)
+    stacked = tuple(jax.random.normal(jax.random.PRNGKey(7 + i), (batch, layers, d))
+                    for i, d in enumerate(TINY_DIMS[: num_inputs(kind)]))
+    mixed = build_model(kind, mixed_config)
+    mixed_params = mixed.init(jax.random.PRNGKey(0), stacked)["params"]
+    # zeros at initialisation: equal weights, the mean of the layers (s3prl's Featurizer)
+    assert all(np.array_equal(mixed_params[f"layer_mix_{i}"]["weights"], np.zeros(layers)) for i in range(len(stacked)))
+    one_hot = jnp.full((layers,), -jnp.inf).at[k].set(0.0)
+    mixed_params = {**params, **{f"layer_mix_{i}": {"weights": one_hot} for i in range(len(stacked))}}
+    mask = jnp.arange(batch) < batch - 1
+    got = jax.jit(mixed.apply)({"params": mixed_params}, stacked, mask=mask)
+    want = jax.jit(fixed.apply)({"params": params}, tuple(x[:, k] for x in stacked), mask=mask)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # the weights are learned: the loss has a gradient with respect to them
+    grads = jax.jit(jax.grad(lambda p: mixed.apply({"params": p}, stacked).sum()))(
+        mixed.init(jax.random.PRNGKey(1), stacked)["params"])
+    assert float(jnp.abs(grads["layer_mix_0"]["weights"]).sum()) > 0
+
+
+def test_stacked_input_refused_without_layer_mix():
+    fixed, params, _ = _init("fcn", TINY, TINY_DIMS)
+    with pytest.raises(ValueError, match=r"FCNHead: inputs\[0\] holds every layer \(6, 3, 21\); a model takes stacked "
+                                         r"layers only with ModelConfig.layer_mix='softmax'"):
+        fixed.apply({"params": params}, (jnp.zeros((6, 3, 21)),))
+    with pytest.raises(ValueError, match=r"ModelConfig.layer_mix must be one of \('none', 'softmax'\), got 'mean'"):
+        ModelConfig(num_classes=3, layer_mix="mean")

@@ -151,8 +151,8 @@ def test_test_activations_come_from_the_fold_model_that_tested_each_row(corpus):
     config = ModelConfig(**{**SMALL_MODEL, "num_classes": 4})
     features = [data.matrices["mfcc-stats"]]
     result = train_cell("fcn", config, features, data.labels, folds, TINY)
-    acts = test_activations(result, config, features, folds, TINY.eval_batch_size)
-    assert acts.shape[0] == len(data.labels) and np.isfinite(acts).all()
+    rows, acts = test_activations(result, config, features, folds, TINY.eval_batch_size)
+    assert np.array_equal(rows, np.arange(len(data.labels))) and np.isfinite(acts).all()
     for f, fold in enumerate(folds):  # an FCN row's activation does not depend on its batch-mates
         row = int(fold.test[1])
         params, stats = result.member(0, f)

@@ -162,3 +162,25 @@ def _die(*args):
     import signal
 
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_table2_marks_significant_cells_and_writes_p_values(tmp_path):
+    """PARROT above Concatenation on every one of 6 matched runs (WA): marked †, both tests' p in the CSV;
+    F1 differences that change sign: not marked."""
+    import dataclasses
+
+    run_ids = tuple((s, f) for s in (0, 1) for f in range(3))
+    concat_acc = (0.70, 0.72, 0.71, 0.69, 0.73, 0.70)
+    parrot_acc = tuple(a + d for a, d in zip(concat_acc, (0.05, 0.04, 0.06, 0.05, 0.03, 0.05)))
+    f1 = (0.6, 0.7, 0.6, 0.7, 0.6, 0.7)
+    concat = dataclasses.replace(_cell("emodb", 2, "concat", ["a", "b"], "A+B", concat_acc, f1), run_ids=run_ids)
+    parrot = dataclasses.replace(_cell("emodb", 2, "parrot", ["a", "b"], "A+B", parrot_acc, f1[::-1]), run_ids=run_ids)
+    tables = write_tables([concat, parrot], tmp_path, paper={}, metrics=("wa", "f1"), test_train_ratio={"emodb": 0.5})
+    row = next(line for line in tables[2].splitlines() if line.startswith("| A+B |"))
+    assert row.split(" | ")[3].endswith("†") and "†" not in row.split(" | ")[4]  # PARROT WA marked, F1 not
+    with open(tmp_path / "significance.csv", newline="") as fh:
+        wa, f1_row = list(csv.DictReader(fh))
+    assert (wa["method"], wa["baseline"], wa["metric"], wa["runs"]) == ("parrot", "concat", "accuracy", "6")
+    assert float(wa["corrected_t_p"]) < 0.05 and float(wa["wilcoxon_p"]) == pytest.approx(2 / 64)
+    assert float(f1_row["corrected_t_p"]) > 0.05 and f1_row["note"] == ""
+    assert "| Emo-DB A+B | PARROT vs Concatenation | WA | +4.67 |" in tables[2]

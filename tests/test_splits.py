@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from parrot_jax.splits import make_folds
+from parrot_jax.corpora import parse_name
+from parrot_jax.splits import emobox_folds, make_folds
 
-EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb" / "wav"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EMODB = SHARED / "emodb" / "wav"
+EMOBOX_EMODB = SHARED / "emobox" / "emodb"
 
 
 def _synthetic(n: int = 300, classes: int = 6, speakers: int = 12, seed: int = 0):
@@ -104,3 +109,123 @@ def test_errors_name_the_values():
         make_folds(labels, speakers[:10], protocol="speaker")
     with pytest.raises(ValueError, match=r"val_fraction: expected a value in \[0, 1\), got 1.5"):
         make_folds(labels, val_fraction=1.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# EmoBox's split files
+
+
+def _emodb_store():
+    """Ids, vocabulary labels and speakers of the real Emo-DB file names, as a store holds them."""
+    names = sorted(p.name for p in EMODB.glob("*.wav"))
+    parsed = [parse_name("emodb", n) for n in names]
+    return [f"wav/{Path(n).stem}" for n in names], [lab for lab, _ in parsed], np.array([spk for _, spk in parsed])
+
+
+def _emobox_keys(path: Path) -> set[str]:
+    return {json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()}
+
+
+needs_emobox = pytest.mark.skipif(not (EMODB.is_dir() and EMOBOX_EMODB.is_dir()),
+                                  reason=f"Emo-DB or EmoBox's Emo-DB split files not present under {SHARED}")
+
+
+@needs_emobox
+def test_emobox_emodb_folds_are_emobox_folds():
+    ids, labels, speakers = _emodb_store()
+    splits = emobox_folds(EMOBOX_EMODB, ids, labels, speakers, seed=0)
+    assert len(splits.folds) == 5 and not splits.missing and not splits.unused
+    _check_partition(splits.folds, 535, 5)
+    for k, fold in enumerate(splits.folds, start=1):
+        assert len(fold.test) == 107 and len(fold.train) + len(fold.val) == 428
+        test_keys = {f"emodb-{Path(ids[r]).name}" for r in fold.test}
+        train_keys = {f"emodb-{Path(ids[r]).name}" for r in np.concatenate([fold.train, fold.val])}
+        assert test_keys == _emobox_keys(EMOBOX_EMODB / f"fold_{k}" / f"emodb_test_fold_{k}.jsonl")
+        assert train_keys == _emobox_keys(EMOBOX_EMODB / f"fold_{k}" / f"emodb_train_fold_{k}.jsonl")
+        assert not test_keys & train_keys
+        # no valid file: validation carved from the training rows by speaker
+        assert len(fold.val) > 0 and not set(speakers[fold.val]) & set(speakers[fold.train])
+    record = splits.record()
+    assert record["rows"][0]["test"] == 107 and set(record["files"]) >= {"label_map.json", "fold_1/emodb_test_fold_1.jsonl"}
+
+
+def _copy_splits(tmp_path: Path) -> Path:
+    target = tmp_path / "emodb"
+    shutil.copytree(EMOBOX_EMODB, target)
+    return target
+
+
+@needs_emobox
+def test_emobox_missing_file_refused_with_its_name(tmp_path):
+    ids, labels, speakers = _emodb_store()
+    gone = ids.index("wav/03a02Wb")  # in fold 1's test file
+    kept = [i for r, i in enumerate(ids) if r != gone]
+    kept_labels = [lab for r, lab in enumerate(labels) if r != gone]
+    with pytest.raises(ValueError, match=r"1 file\(s\) in the split files are not in the store: 03a02Wb \(allow_missing"):
+        emobox_folds(EMOBOX_EMODB, kept, kept_labels, np.delete(speakers, gone))
+    splits = emobox_folds(EMOBOX_EMODB, kept, kept_labels, np.delete(speakers, gone), allow_missing=True)
+    assert splits.missing == ["03a02Wb"] and splits.record()["missing"] == {"count": 1, "names": ["03a02Wb"]}
+    assert len(splits.folds[0].test) == 106 and len(splits.folds[1].test) == 107
+    # a store row in no split file
+    extra = ids + ["wav/99z99Wz"]
+    with pytest.raises(ValueError, match=r"1 store row\(s\) are in no split file: 99z99Wz"):
+        emobox_folds(EMOBOX_EMODB, extra, labels + ["anger"], np.append(speakers, "99"))
+    splits = emobox_folds(EMOBOX_EMODB, extra, labels + ["anger"], np.append(speakers, "99"), allow_missing=True)
+    assert splits.unused == ["99z99Wz"] and all(len(ids) not in np.concatenate([f.train, f.val, f.test]) for f in splits.folds)
+
+
+@needs_emobox
+def test_emobox_wrong_label_refused_with_its_name(tmp_path):
+    ids, labels, speakers = _emodb_store()
+    target = _copy_splits(tmp_path)
+    path = target / "fold_2" / "emodb_train_fold_2.jsonl"
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["emo"] = "sad" if row["emo"] != "sad" else "anger"
+    lines[0] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    name = Path(row["wav"]).stem
+    with pytest.raises(ValueError, match=rf"emodb_train_fold_2.jsonl:1: {name} is labelled '\w+' in the split file but"):
+        emobox_folds(target, ids, labels, speakers)
+    row["emo"] = "bliss"
+    lines[0] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"emodb_train_fold_2.jsonl:1: label 'bliss' of {name} maps to no emotion"):
+        emobox_folds(target, ids, labels, speakers)
+
+
+def test_emobox_layout_valid_file_and_codes(tmp_path):
+    """A corpus with CREMA-D-style codes, a valid file, no label map, no speakers: stratified carving unused."""
+    names = [f"{a}_X_{e}" for a in range(6) for e in ("ANG", "SAD")]
+    labels = ["anger" if n.endswith("ANG") else "sadness" for n in names]
+    fold = tmp_path / "fold_1"
+    fold.mkdir()
+    parts = {"train": names[:8], "valid": names[8:10], "test": names[10:]}
+    for part, rows in parts.items():
+        (fold / f"toy_{part}_fold_1.jsonl").write_text(
+            "".join(json.dumps({"key": n, "wav": f"downloads/toy/{n}.wav", "emo": n[-3:]}) + "\n" for n in rows))
+    (splits,) = emobox_folds(tmp_path, names, labels).folds
+    assert splits.train.tolist() == list(range(8)) and splits.val.tolist() == [8, 9] and splits.test.tolist() == [10, 11]
+    (fold / "toy_test_fold_1.jsonl").write_text(json.dumps({"wav": f"{names[0]}.wav", "emo": "ANG"}) + "\n")
+    with pytest.raises(ValueError, match=r"fold_1: 0_X_ANG in both test and training files"):
+        emobox_folds(tmp_path, names, labels, allow_missing=True)
+    (fold / "toy_test_fold_1.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"fold_1: no test file"):
+        emobox_folds(tmp_path, names, labels)
+    with pytest.raises(ValueError, match=r"splits folder .*nowhere does not exist"):
+        emobox_folds(tmp_path / "nowhere", names, labels)
+
+
+CREMAD_LIST = SHARED / "cremad" / "audiowav_files.tsv"
+
+
+@pytest.mark.skipif(not (CREMAD_LIST.is_file() and (SHARED / "emobox" / "cremad").is_dir()),
+                    reason=f"CREMA-D's file list or EmoBox's CREMA-D split files not present under {SHARED}")
+def test_emobox_cremad_has_one_fold():
+    names = [line.split("\t")[0] for line in CREMAD_LIST.read_text().splitlines()[1:]]
+    parsed = [parse_name("cremad", n) for n in names]
+    ids = [Path(n).stem for n in names]
+    splits = emobox_folds(SHARED / "emobox" / "cremad", ids, [lab for lab, _ in parsed],
+                          np.array([spk for _, spk in parsed]))
+    (fold,) = splits.folds
+    assert len(fold.test) == 1856 and len(fold.train) + len(fold.val) == 5586

@@ -121,7 +121,7 @@ def test_packed_cells_must_match():
     folds = make_folds(labels, k=3)
     with pytest.raises(ValueError, match=r"every packed cell needs the same feature shapes; got \[\(\(60, 16\),\), \(\(60, 12\),\)\]"):
         train_cells("fcn", _config(), [feats[:1], feats[1:]], labels, folds, TrainConfig(epochs=1))
-    with pytest.raises(ValueError, match=r"cell 1: features\[0\]: expected shape \[60, D\], got \(59, 16\)"):
+    with pytest.raises(ValueError, match=r"cell 1: features\[0\]: expected shape \[60, D\] \(or \[60, L\+1, D\], every layer\), got \(59, 16\)"):
         train_cells("fcn", _config(), [feats[:1], [feats[0][1:]]], labels, folds, TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="cells: expected at least one"):
         train_cells("fcn", _config(), [], labels, folds, TrainConfig(epochs=1))

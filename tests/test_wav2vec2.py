@@ -86,8 +86,13 @@ def test_layer_and_pooling_options():
     ms = enc.embed_batch(waves)
     last = [expected[f"last_{i}"] for i in range(len(waves))]
     np.testing.assert_allclose(ms, np.stack([np.concatenate([h.mean(0), h.std(0)]) for h in last]), atol=TOL)
+    every = w2v.build("t", folder, layer="all", batch_size=2)
+    stacked = every.embed_batch(waves)
+    assert stacked.shape == (len(waves), 3, 16) and every.layers == 3 and every.metadata()["layers"] == 3
+    np.testing.assert_allclose(stacked, np.stack([h.mean(1) for h in hidden]), atol=TOL)  # hidden_k pooled alone
+    np.testing.assert_allclose(stacked[:, 1], one, atol=1e-6)  # layer 1 of layer=1
     for bad, message in [({"layer": 3}, r"layer=3; expected 0\.\.2"), ({"layer": [1.0]}, "1 given; expected 3"),
-                         ({"pooling": "max"}, "pooling='max'")]:
+                         ({"pooling": "max"}, "pooling='max'"), ({"layer": "first"}, "expected 'last', 'all'")]:
         with pytest.raises(ValueError, match=message):
             w2v.build("t", folder, **bad)
 

@@ -2,6 +2,10 @@
 
     parrot grid --config emodb_classical --protocol speaker \
         --run emodb-classical-speaker
+    parrot grid --config emodb_classical --protocol emobox --splits EmoBox/data --metrics wa,ua,f1 \
+        --run emodb-classical-emobox
+
+(in a config: ``protocol="emobox", splits="EmoBox/data", metrics=("wa", "ua", "f1")``).
 """
 
 from parrot_jax.config import GridConfig

@@ -32,12 +32,20 @@ class Encoder(Protocol):
     min_samples: int  # shorter waveforms are refused by the audio layer, naming the file
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [len(waves), dim]; row i depends on waves[i] only (padding never leaks)."""
+        """float32 [len(waves), dim] (or [len(waves), layers, dim], see `row_shape`); row i depends on
+        waves[i] only (padding never leaks)."""
         ...
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able description: config, checkpoint hash, pooling, ... (recorded in the store)."""
         ...
+
+
+def row_shape(encoder: Encoder) -> tuple[int, ...]:
+    """Shape of one utterance's embedding: (dim,), or (layers, dim) for an encoder whose ``layers`` attribute
+    is set (every hidden state pooled alone: the attention encoders' ``layer="all"``)."""
+    layers = getattr(encoder, "layers", None)
+    return (layers, encoder.dim) if layers else (encoder.dim,)
 
 
 @dataclass(frozen=True)

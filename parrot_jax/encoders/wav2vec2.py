@@ -483,8 +483,11 @@ def pool(states: tuple[jax.Array, ...], last: jax.Array, frames: jax.Array, laye
     """Pooled embedding [B, D] (mean) or [B, 2D] (mean+std) of the chosen layer over valid frames.
 
     layer: "last" (last_hidden_state, the paper's choice), an index k into hidden_states (0 = input of
-    the first transformer layer), or a sequence of L+1 weights w_k giving sum_k w_k hidden_states[k].
+    the first transformer layer), a sequence of L+1 weights w_k giving sum_k w_k hidden_states[k], or
+    "all": every hidden state pooled alone, stacked [B, L+1, D] (for a model's learned layer weights).
     """
+    if layer == "all":
+        return jnp.stack([pool(states, last, frames, k, pooling) for k in range(len(states))], axis=1)
     if layer == "last":
         h = last
     elif isinstance(layer, int):
@@ -504,7 +507,8 @@ def pool(states: tuple[jax.Array, ...], last: jax.Array, frames: jax.Array, laye
 class Options:
     """Encoder options (all have defaults: the paper's setting is the last hidden state, mean-pooled).
 
-    layer: "last" | int | sequence of L+1 weights (see :func:`pool`). pooling: "mean" | "mean+std".
+    layer: "last" | int | sequence of L+1 weights | "all" (every hidden state, [L+1, dim] per utterance;
+        see :func:`pool`). pooling: "mean" | "mean+std".
     batch_size: most rows per compiled call (a last, smaller group is padded to a power of two rows).
     bucket_ratio: padded lengths lie on a geometric grid of this ratio (fewer compilations, < ratio-1 padding).
     compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
@@ -546,10 +550,11 @@ class AttentionEncoder:
             raise ValueError(f"layer={options.layer}; expected 0..{n_states - 1} or 'last'")
         if not isinstance(options.layer, (int, str)) and len(options.layer) != n_states:
             raise ValueError(f"layer weights: {len(options.layer)} given; expected {n_states} (one per hidden state)")
-        if isinstance(options.layer, str) and options.layer != "last":
-            raise ValueError(f"layer={options.layer!r}; expected 'last', an index or a list of weights")
+        if isinstance(options.layer, str) and options.layer not in ("last", "all"):
+            raise ValueError(f"layer={options.layer!r}; expected 'last', 'all', an index or a list of weights")
         self.min_samples = self.config.min_samples
         self.dim = self.config.hidden_size * (2 if options.pooling == "mean+std" else 1)
+        self.layers = n_states if options.layer == "all" else None  # rows are [layers, dim] when set
         self.cache_dir = enable_compilation_cache(options.compilation_cache)
         module = model(self.config)
         layer = options.layer if isinstance(options.layer, (int, str)) else tuple(float(w) for w in options.layer)
@@ -578,9 +583,10 @@ class AttentionEncoder:
         return self._normalize([x], None)[0].astype(np.float32) if self.do_normalize else x
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [len(waves), dim]: sorted by length, grouped, padded to a bucket length, embedded."""
+        """float32 [len(waves), dim] ([len(waves), L+1, dim] with layer="all"): sorted by length, grouped,
+        padded to a bucket length, embedded."""
         xs = [self.prepare(w) for w in waves]
-        out = np.zeros((len(xs), self.dim), np.float32)
+        out = np.zeros((len(xs), *((self.layers,) if self.layers else ()), self.dim), np.float32)
         order = sorted(range(len(xs)), key=lambda i: xs[i].size)
         for start in range(0, len(order), self.options.batch_size):
             idx = order[start: start + self.options.batch_size]
@@ -603,7 +609,7 @@ class AttentionEncoder:
         opts = asdict(self.options)
         opts["layer"] = opts["layer"] if isinstance(opts["layer"], (int, str)) else list(opts["layer"])
         return {"name": self.name, "checkpoint": [p.name for p in checkpoint_files(self.folder)], "checkpoint_sha256": self.checkpoint_sha256,
-                "dim": self.dim,
+                "dim": self.dim, **({"layers": self.layers} if self.layers else {}),
                 "pooling": opts["pooling"], "layer": opts["layer"], "do_normalize": self.do_normalize,
                 "config": asdict(self.config), "options": opts}
 
