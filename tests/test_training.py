@@ -92,7 +92,38 @@ def test_vmapped_equals_each_fold_alone():
 
 
 @pytest.mark.slow
-def test_packed_cells_equal_each_cell_alone():
+@pytest.mark.parametrize("kind", ["parrot", "cnn"])
+def test_whole_cell_on_device_equals_host_loop(kind):
+    """loop="cell" (epochs, validation, patience and best params inside one device program, read every 3
+    epochs) equals the host loop of jitted steps (loop="step"): identical predictions, best epochs and
+    epochs run, params within 2e-5, the same per-epoch progress; early stopping fires at different epochs
+    for different members (checked, so that the comparison covers it)."""
+    feats, labels = _problem()
+    folds = _unequal_folds(len(labels))
+    config = TrainConfig(epochs=8, patience=1, monitor="accuracy", learning_rate=1e-2, seeds=(0, 1), loop="step")
+    seen = {"step": [], "cell": []}
+    host = train_cell(kind, _config(), _inputs(kind, feats), labels, folds, config,
+                      progress=lambda e, m: seen["step"].append((e, m)))
+    device = train_cell(kind, _config(), _inputs(kind, feats), labels, folds,
+                        dataclasses.replace(config, loop="cell", progress_every=3),
+                        progress=lambda e, m: seen["cell"].append((e, m)))
+    assert len({r.epochs_run for r in host.runs}) >= 2 and min(r.epochs_run for r in host.runs) < config.epochs
+    assert _max_diff(host.params, device.params) < 2e-5
+    for a, b in zip(host.runs, device.runs):
+        assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+        assert np.array_equal(a.predictions, b.predictions)
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert [e for e, _ in seen["step"]] == [e for e, _ in seen["cell"]]
+    for (_, a), (_, b) in zip(seen["step"], seen["cell"]):
+        assert np.array_equal(a["active"], b["active"])
+        assert np.allclose(a["val_accuracy"], b["val_accuracy"], rtol=0, atol=1e-6)  # float32 on the device
+        for name in ("train_loss", "val_loss"):
+            assert np.allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["step", "cell"])
+def test_packed_cells_equal_each_cell_alone(loop):
     """Two cells of equal shapes (other features, the same labels and folds) trained as one program
     (12 members: cell x seed x fold) equal each cell trained alone: identical predictions, best epochs
     and epochs run, params within 2e-5; each member standardised with its own cell's training rows."""
@@ -100,7 +131,7 @@ def test_packed_cells_equal_each_cell_alone():
     rng = np.random.default_rng(7)
     other = [(x[:, ::-1] * 0.5 + rng.normal(size=x.shape) - 2.0).astype(np.float32) for x in feats]
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop="step")  # as test_vmapped_equals_each_fold_alone
+    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop=loop)  # as test_vmapped_equals_each_fold_alone
     packed = train_cells("parrot", _config(), [feats, other], labels, folds, config)
     assert len(packed) == 2
     for cell_feats, together in zip([feats, other], packed):
@@ -128,7 +159,7 @@ def test_packed_cells_must_match():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, loop", [("parrot", "step"), ("fcn", "scan")])
+@pytest.mark.parametrize("kind, loop", [("parrot", "step"), ("fcn", "scan"), ("cnn", "cell")])
 def test_padded_batches_equal_exact_batches(kind, loop):
     """A fold trained inside the padded, masked program (next to a fold with more steps) equals a plain
     optax loop over exactly its own batches (the last one partial, no padding): params within 2e-5."""
@@ -260,3 +291,5 @@ def test_bad_input_is_named():
         TrainConfig(patience=0)
     with pytest.raises(ValueError, match="TrainConfig.loop must be one of"):
         TrainConfig(loop="while")
+    with pytest.raises(ValueError, match="TrainConfig.progress_every must be an int >= 1, got 0"):
+        TrainConfig(progress_every=0)
