@@ -683,6 +683,9 @@ def command(args) -> int:
     from parrot_jax import distributed as dist
 
     dist.initialize_multihost()  # a no-op unless launched as several processes (or already joined)
+    from parrot_jax.training import enable_compilation_cache
+
+    enable_compilation_cache()
     overrides = overrides_from(args)
     config, provenance = load_config(args.config, overrides)
     provenance["argv"] = sys.argv

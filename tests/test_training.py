@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -293,3 +296,42 @@ def test_bad_input_is_named():
         TrainConfig(loop="while")
     with pytest.raises(ValueError, match="TrainConfig.progress_every must be an int >= 1, got 0"):
         TrainConfig(progress_every=0)
+
+
+_CACHED_RUN = """
+import sys, jax, numpy as np
+from jax import monitoring
+sys.path.insert(0, sys.argv[2])
+from test_training import _config, _problem
+from parrot_jax.splits import make_folds
+from parrot_jax.training import TrainConfig, enable_compilation_cache, train_cell
+counts = {"hits": 0, "misses": 0}
+def listen(event, **kwargs):
+    for name in counts:
+        if event == "/jax/compilation_cache/cache_" + name:
+            counts[name] += 1
+monitoring.register_event_listener(listen)
+enable_compilation_cache(sys.argv[1])
+feats, labels = _problem(n=60)
+train_cell("fcn", _config(), feats[:1], labels, make_folds(labels, k=3), TrainConfig(epochs=2, loop=sys.argv[3]))
+print(counts["hits"], counts["misses"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["step", "cell"])
+def test_second_process_loads_programs_from_the_persistent_cache(tmp_path, loop):
+    """With `enable_compilation_cache`, a first process compiles and stores every program (misses, cache
+    files written); a second process training the same shapes finds every one of them (hits, no miss)."""
+    def run() -> tuple[int, int]:
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path), str(Path(__file__).parent), loop],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        hits, misses = map(int, out.stdout.split()[-2:])
+        return hits, misses
+
+    first = run()
+    assert first[0] == 0 and first[1] >= 3 and len(list(tmp_path.iterdir())) >= first[1]
+    second = run()
+    assert second == (first[1], 0)
