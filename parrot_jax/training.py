@@ -237,6 +237,45 @@ def enable_compilation_cache(path: str | Path | None = None) -> Path:
     return target
 
 
+def member_bytes(kind: str, model_config: ModelConfig, dims: Sequence[int], batch_size: int = 32) -> int:
+    """Device bytes one member of a cell holds while training, float32: its parameters 7 times (params,
+    best params, gradient, Adam's two moments, the updated params and moments in flight) plus the
+    activations of one batch through each conv stack (every conv output, its ReLU and its pooled copy
+    kept for the backward pass, x 2 for their gradients)."""
+    module = build_model(kind, model_config)
+    dummy = tuple(jax.ShapeDtypeStruct((2, d), jnp.float32) for d in dims)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tuple(jnp.zeros(x.shape) for x in dummy)))
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+    activations = 0
+    if kind != "fcn":
+        for d in dims:
+            length = d
+            for filters in model_config.filters:
+                if model_config.conv_padding == "VALID":
+                    length -= model_config.kernel_size - 1
+                activations += length * filters * 2 + length // model_config.pool_size * filters
+                length //= model_config.pool_size
+    return 4 * (7 * n_params + 2 * batch_size * activations)
+
+
+def pack_size(kind: str, model_config: ModelConfig, shapes: Sequence[tuple[int, int]], members_per_cell: int,
+              config: TrainConfig = TrainConfig(), device: jax.Device | None = None, share: float = 0.5) -> int:
+    """How many cells of these feature ``shapes`` ([N, D_i] each) to train as one program (`train_cells`).
+
+    On CPU: 1 (packing measured no faster there, README "Benchmarks"). On an accelerator: as many as
+    fit in ``share`` of the device's free memory (`device.memory_stats()`: bytes_limit - bytes_in_use),
+    a cell costing its feature rows plus ``members_per_cell`` x `member_bytes`; at least 1.
+    """
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if not stats or "bytes_limit" not in stats:
+        return 1
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    per_cell = 4 * sum(n * d for n, d in shapes) + members_per_cell * member_bytes(
+        kind, model_config, [d for _, d in shapes], config.batch_size)
+    return max(1, int(share * free // per_cell))
+
+
 # ----------------------------------------------------------------------------------------------------
 # input checks and host-side batching
 
