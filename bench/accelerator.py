@@ -88,7 +88,7 @@ def part_a(sizes, out: dict) -> tuple:
     rows, classes = sizes["emodb"]
     features, labels, folds = random_cell(rows, classes, sizes["dims"])
     cfg = ModelConfig(num_classes=classes)
-    config = TrainConfig(epochs=sizes["epochs"], patience=None)
+    config = TrainConfig(epochs=sizes["epochs"], patience=None, loop=sizes["loop"])
     wall, compile_s, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     steady, _, result = timed_cell("parrot", cfg, features, labels, folds, config)
     out["a"] = {"wall_first_s": wall, "backend_compile_s": compile_s, "steady_s": steady}
@@ -98,7 +98,8 @@ def part_a(sizes, out: dict) -> tuple:
 
 
 def second_process(args, cache: str, out: dict) -> None:
-    cmd = [sys.executable, __file__, "--only-a", "--cache", cache] + (["--tiny"] if args.tiny else [])
+    cmd = [sys.executable, __file__, "--only-a", "--cache", cache, "--loop", args.loop] + (["--tiny"] if args.tiny else [])
+    cmd += ["--epochs", str(args.epochs)] if args.epochs is not None else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     record = json.loads(done.stdout.strip().splitlines()[-1])["a"]
     out["a"]["second_process_wall_s"] = record["wall_first_s"]
@@ -110,7 +111,7 @@ def second_process(args, cache: str, out: dict) -> None:
 def part_b(sizes, out: dict) -> None:
     rows, classes = sizes["cremad"]
     features, labels, folds = random_cell(rows, classes, sizes["dims"])
-    config = TrainConfig(epochs=sizes["cremad_epochs"], patience=None)
+    config = TrainConfig(epochs=sizes["cremad_epochs"], patience=None, loop=sizes["loop"])
     cfg = ModelConfig(num_classes=classes)
     wall, compile_s, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     steady, _, _ = timed_cell("parrot", cfg, features, labels, folds, config)
@@ -123,7 +124,7 @@ def part_c(sizes, peak_gflops: float, out: dict) -> None:
     rows, classes = sizes["emodb"]
     features, labels, folds = random_cell(rows, classes, sizes["dims"])
     cfg = ModelConfig(num_classes=classes)
-    config = TrainConfig(epochs=sizes["epochs"], patience=None, seeds=tuple(range(10)))
+    config = TrainConfig(epochs=sizes["epochs"], patience=None, seeds=tuple(range(10)), loop=sizes["loop"])
     wall, compile_s, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     steady, _, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     flops = cell_flops(cfg, sizes["dims"], folds, config.epochs, 10)
@@ -192,7 +193,7 @@ def sinkhorn_report(features, labels, folds, cfg: ModelConfig, trained, sizes, o
 def sinkhorn_fixed_timing(features, labels, folds, sizes, iterations: int, out: dict) -> None:
     rows, classes = sizes["emodb"]
     cfg = ModelConfig(num_classes=classes, sinkhorn=SinkhornOptions(threshold=None, max_iterations=iterations))
-    config = TrainConfig(epochs=sizes["epochs"], patience=None)
+    config = TrainConfig(epochs=sizes["epochs"], patience=None, loop=sizes["loop"])
     wall, compile_s, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     steady, _, _ = timed_cell("parrot", cfg, features, labels, folds, config)
     out["a_fixed_sinkhorn"] = {"iterations": iterations, "wall_first_s": wall, "backend_compile_s": compile_s, "steady_s": steady}
@@ -225,7 +226,7 @@ def grid_part(sizes, args, out: dict) -> None:
     names = [n for n, e in registry.ENCODERS.items() if e.family in ("mamba", "attention")]
     dims = {n: (registry.ENCODERS[n].dim if not args.tiny else 16 * (1 + i % 3) + 48) for i, n in enumerate(names)}
     pairs, _ = pairs_for(names)
-    config = TrainConfig(epochs=sizes["epochs"])
+    config = TrainConfig(epochs=sizes["epochs"], loop=sizes["loop"])
     total_start = time.perf_counter()
     out["grid"] = {}
     for corpus in ("emodb", "cremad", "mesd"):
@@ -269,9 +270,13 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="persistent compilation cache folder (default: a fresh one)")
     ap.add_argument("--skip", default="", help="comma list of parts to leave out: second,b,c,sinkhorn,fixed,torch")
     ap.add_argument("--fixed-iterations", type=int, default=50, help="Sinkhorn count for the fixed-count timing")
+    ap.add_argument("--loop", default="auto", help="TrainConfig.loop of every cell (default: the backend's)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of (a), (c) and (d) (default 50; tiny 3)")
     ap.add_argument("--only-a", action="store_true", help=argparse.SUPPRESS)  # the second process of (a)
     args = ap.parse_args()
-    sizes = TINY if args.tiny else FULL
+    sizes = dict(TINY if args.tiny else FULL, loop=args.loop)
+    if args.epochs is not None:
+        sizes["epochs"] = args.epochs
     skip = set(filter(None, args.skip.split(",")))
     cache = args.cache or tempfile.mkdtemp(prefix="parrot-jax-cache-")
     enable_compilation_cache(cache)
@@ -281,7 +286,8 @@ def main() -> None:
         part_a(sizes, out)
         print(json.dumps(out))
         return
-    print(f"jax {jax.__version__}, {out['backend']} {out['device']}, persistent cache {cache}", flush=True)
+    print(f"jax {jax.__version__}, {out['backend']} {out['device']}, persistent cache {cache}, "
+          f"loop {TrainConfig(loop=args.loop).loop_form()}", flush=True)
     start = time.perf_counter()
     if args.grid:
         grid_part(sizes, args, out)
