@@ -18,6 +18,10 @@ all of them at once. `train_cells` packs several cells of equal shapes into the 
 Features are standardised per member with the mean and standard deviation of its *training* rows
 (never validation or test): z = (x - mean) / std, std = 1 where a column is constant.
 
+What one compiled call spans is `TrainConfig.loop`: a step, an epoch, or (``"cell"``) the whole training
+of the cell, epochs, validation, patience and best params included, on the device; all give the same
+results.
+
 Evaluation batching is fixed because PARROT's OT plan couples the rows of a batch: rows are taken in
 ascending row order, ``eval_batch_size`` at a time, the last batch padded and masked.
 """
@@ -587,7 +591,8 @@ def _train_members(
 
 def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps, xs, y, mean, scale, keys, state,
                      config, progress, place) -> tuple[PyTree, np.ndarray, np.ndarray]:
-    """`_train_members`' epochs as calls of the "cell" program, ``config.progress_every`` epochs each.
+    """`_train_members`' epochs as calls of the "cell" program, ``config.progress_every`` epochs each
+    (all epochs in one call when there is no ``progress`` callback).
 
     The host builds every epoch's batch tables once ([M, E, steps, B] rows and mask, the same
     `epoch_order` shuffles as the host loop); a stopped member's later epochs are masked on the device.
@@ -617,16 +622,17 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
     carry = {"state": state, "best": jax.tree_util.tree_map(jnp.copy, state[0]), "epoch": jnp.asarray(0, jnp.int32),
              **per_member}
     n_train = np.array([len(folds[f].train) for _, _, f in members[:n_real]])
+    chunk = config.progress_every if progress is not None else E  # without a progress callback: one call
     done = 0
     while done < E:
-        carry = programs.cell(carry, data, jnp.asarray(min(done + config.progress_every, E), jnp.int32))
+        carry = programs.cell(carry, data, jnp.asarray(min(done + chunk, E), jnp.int32))
         reached = int(carry["epoch"])
         if progress is not None:
             history = dist.gather(carry["history"], n_real)
             for e in range(done, reached):
                 progress(e + 1, {"train_loss": history["train_loss"][:, e] / n_train, "val_loss": history["val_loss"][:, e],
                                  "val_accuracy": history["val_accuracy"][:, e], "active": history["active"][:, e].copy()})
-        if reached < min(done + config.progress_every, E):  # every member has stopped
+        if reached < min(done + chunk, E):  # every member has stopped
             break
         done = reached
     return carry["best"], dist.gather(carry["best_epoch"]), dist.gather(carry["epochs_run"])
