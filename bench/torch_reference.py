@@ -35,9 +35,9 @@ class Branch(nn.Module):
 def sinkhorn_log(cost: torch.Tensor, epsilon: float, threshold: float, max_iterations: int) -> torch.Tensor:
     """Entropic OT plan with uniform marginals, log-domain updates of the potentials f, g."""
     n = cost.shape[0]
-    log_a = torch.full((n,), -math.log(n), dtype=cost.dtype)
-    f = torch.zeros(n, dtype=cost.dtype)
-    g = torch.zeros(n, dtype=cost.dtype)
+    log_a = torch.full((n,), -math.log(n), dtype=cost.dtype, device=cost.device)
+    f = torch.zeros(n, dtype=cost.dtype, device=cost.device)
+    g = torch.zeros(n, dtype=cost.dtype, device=cost.device)
     for it in range(max_iterations):
         f = epsilon * log_a - epsilon * torch.logsumexp((g[None, :] - cost) / epsilon, dim=1)
         g = epsilon * log_a - epsilon * torch.logsumexp((f[:, None] - cost) / epsilon, dim=0)
@@ -71,20 +71,22 @@ def _dropout(cfg) -> float:
     return float(cfg.dropout_rate) if "head" in cfg.dropout_places else 0.0
 
 
-def train_folds(features, labels, folds, cfg, epochs: int, batch_size: int = 32, lr: float = 1e-3) -> None:
+def train_folds(features, labels, folds, cfg, epochs: int, batch_size: int = 32, lr: float = 1e-3,
+                device: str = "cpu") -> None:
+    """Train the folds one after another on ``device`` ("cpu" or "cuda"); ends synchronised."""
     torch.manual_seed(0)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(labels, dtype=torch.long, device=device)
     for fold in folds:
         xs = []
         for x in features:
             mean, sd = x[fold.train].mean(0), x[fold.train].std(0)
-            xs.append(torch.as_tensor((x - mean) / np.where(sd > 0, sd, 1.0), dtype=torch.float32))
-        model = Parrot([x.shape[1] for x in features], cfg)
+            xs.append(torch.as_tensor((x - mean) / np.where(sd > 0, sd, 1.0), dtype=torch.float32, device=device))
+        model = Parrot([x.shape[1] for x in features], cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         rng = np.random.default_rng(0)
         for _ in range(epochs):
             model.train()
-            order = torch.as_tensor(rng.permutation(fold.train))
+            order = torch.as_tensor(rng.permutation(fold.train), device=device)
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 loss = nn.functional.cross_entropy(model(xs[0][rows], xs[1][rows]), y[rows])
@@ -93,7 +95,9 @@ def train_folds(features, labels, folds, cfg, epochs: int, batch_size: int = 32,
                 opt.step()
             model.eval()
             with torch.no_grad():
-                val = torch.as_tensor(fold.val)
+                val = torch.as_tensor(fold.val, device=device)
                 for start in range(0, len(val), batch_size):
                     rows = val[start : start + batch_size]
                     nn.functional.cross_entropy(model(xs[0][rows], xs[1][rows]), y[rows])
+    if device != "cpu":
+        torch.cuda.synchronize()

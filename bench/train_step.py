@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parrot_jax.conv import conv1d
+from parrot_jax.conv import conv1d, matmul_conv1d
 from parrot_jax.models import ModelConfig
 from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import make_folds
@@ -82,8 +82,9 @@ def _branch_loss(params, x, rule: str):
         n = h.shape[1] // 2
         return jnp.max(h[:, : 2 * n].reshape(h.shape[0], n, 2, h.shape[2]), axis=2)
 
-    h = pool(jax.nn.relu(conv1d(x[:, :, None], params["w1"], "VALID", rule) + params["b1"]))
-    h = pool(jax.nn.relu(conv1d(h, params["w2"], "VALID", rule) + params["b2"]))
+    conv = (lambda h, w: matmul_conv1d(h, w, "VALID")) if rule == "matmul" else (lambda h, w: conv1d(h, w, "VALID", rule))  # noqa: E731
+    h = pool(jax.nn.relu(conv(x[:, :, None], params["w1"]) + params["b1"]))
+    h = pool(jax.nn.relu(conv(h, params["w2"]) + params["b2"]))
     return jnp.sum((h.reshape(h.shape[0], -1) @ params["wd"]) ** 2)
 
 
@@ -108,9 +109,10 @@ def part_conv(members: int = 5) -> None:
     xs = jnp.stack([x] * members)
     alone = _best_of(jax.jit(jax.grad(lambda p, x: _branch_loss(p, x, "grouped"))), params, x)
     timed = {rule: _best_of(jax.jit(jax.vmap(jax.grad(lambda p, x, r=rule: _branch_loss(p, x, r)))), stacked, xs)
-             for rule in ("loop", "grouped")}
+             for rule in ("loop", "grouped", "matmul")}
     print(f"conv rule, 3840-dim branch gradient, batch 32, {members} members vmapped: loop {1000 * timed['loop']:.0f} ms, "
-          f"grouped {1000 * timed['grouped']:.0f} ms (x{timed['grouped'] / timed['loop']:.2f}); "
+          f"grouped {1000 * timed['grouped']:.0f} ms (x{timed['grouped'] / timed['loop']:.2f}), "
+          f"shifted-view matmul {1000 * timed['matmul']:.0f} ms (x{timed['matmul'] / timed['loop']:.2f}); "
           f"one member alone {1000 * alone:.0f} ms")
 
 

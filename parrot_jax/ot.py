@@ -51,6 +51,10 @@ class SinkhornOptions:
         "stop": the plan is treated as a constant (gradients still flow through Gamma R, not into Gamma).
     ridge: added to the implicit-differentiation system (ott-jax's ridge_kernel and ridge_identity);
         used only by gradient="implicit". Default 1e-2.
+    inner_iterations: with a threshold, the marginal error is computed (and the loop may stop) every
+        this many iterations (ott-jax's `inner_iterations`; its default, 10), so a solve runs a multiple
+        of it. Each test costs a reduction and, under vmap, a synchronisation of all members' loops.
+        Ignored when threshold is None.
     """
 
     epsilon: float = 0.05
@@ -58,6 +62,7 @@ class SinkhornOptions:
     threshold: float | None = 1e-3
     gradient: GradientMode = "unroll"
     ridge: float = 1e-2
+    inner_iterations: int = 10
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -66,6 +71,8 @@ class SinkhornOptions:
             raise ValueError(f"SinkhornOptions.max_iterations must be an int >= 1, got {self.max_iterations!r}")
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"SinkhornOptions.threshold must be > 0 or None, got {self.threshold!r}")
+        if not (isinstance(self.inner_iterations, int) and self.inner_iterations >= 1):
+            raise ValueError(f"SinkhornOptions.inner_iterations must be an int >= 1, got {self.inner_iterations!r}")
         if not self.ridge >= 0:
             raise ValueError(f"SinkhornOptions.ridge must be >= 0, got {self.ridge!r}")
         if self.gradient not in GRADIENT_MODES:
@@ -78,7 +85,7 @@ class SinkhornOptions:
             threshold=0.0 if fixed else self.threshold,  # min == max iterations: a fixed-length scan
             max_iterations=self.max_iterations,
             min_iterations=self.max_iterations if fixed else 0,
-            inner_iterations=1 if fixed else 10,
+            inner_iterations=1 if fixed else self.inner_iterations,
             implicit_diff=(
                 implicit_differentiation.ImplicitDiff(
                     symmetric=True,  # the Hessian itself (no log preconditioning): CG on an SPD system

@@ -18,6 +18,10 @@ all of them at once. `train_cells` packs several cells of equal shapes into the 
 Features are standardised per member with the mean and standard deviation of its *training* rows
 (never validation or test): z = (x - mean) / std, std = 1 where a column is constant.
 
+What one compiled call spans is `TrainConfig.loop`: a step, an epoch, or (``"cell"``) the whole training
+of the cell, epochs, validation, patience and best params included, on the device; all give the same
+results.
+
 Evaluation batching is fixed because PARROT's OT plan couples the rows of a batch: rows are taken in
 ascending row order, ``eval_batch_size`` at a time, the last batch padded and masked.
 """
@@ -25,8 +29,10 @@ ascending row order, ``eval_batch_size`` at a time, the last batch padded and ma
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import jax
@@ -41,8 +47,8 @@ from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs,
 from parrot_jax.splits import Fold
 
 PyTree = Any
-LoopForm = Literal["auto", "step", "scan", "unrolled"]
-LOOP_FORMS: tuple[str, ...] = ("auto", "step", "scan", "unrolled")
+LoopForm = Literal["auto", "step", "scan", "unrolled", "cell"]
+LOOP_FORMS: tuple[str, ...] = ("auto", "step", "scan", "unrolled", "cell")
 FoldAxis = Literal["vmap", "loop"]
 Progress = Callable[[int, dict], None]
 
@@ -65,9 +71,14 @@ class TrainConfig:
         are reported per seed and as mean +- std over seeds (default (0,)).
     eval_batch_size: rows per evaluation batch, in ascending row order (default 32, the training batch).
     loop: what one jitted call spans. "step": a Python loop over a jitted vmapped step; "scan": one
-        jitted epoch, `lax.scan` over its steps; "unrolled": one jitted epoch, the steps unrolled.
-        "auto" (default) picks by backend from measurements (bench/train_folds.py): "step" on CPU, where
-        a scan of steps is pathologically slow (PERF_NOTES.md), "scan" on GPU/TPU.
+        jitted epoch, `lax.scan` over its steps; "unrolled": one jitted epoch, the steps unrolled;
+        "cell": the cell's whole training (a `lax.while_loop` over epochs, each a `lax.scan` over its
+        steps, then validation, patience and best-params selection, all on the device), the host
+        reading progress every ``progress_every`` epochs. "auto" (default) picks by backend from
+        measurements (bench/train_folds.py): "step" on CPU, where a scan of steps is pathologically
+        slow (PERF_NOTES.md), "cell" on GPU/TPU. Every form gives the same results.
+    progress_every: with loop "cell", epochs per device program call (the host reads progress and
+        calls ``progress`` for each of them in between); default 1. Ignored by the other forms.
     fold_axis: "vmap" (default: every member in one program) or "loop" (members one after another,
         each alone; the reference the vmapped program is tested and benchmarked against).
     """
@@ -82,9 +93,10 @@ class TrainConfig:
     eval_batch_size: int = 32
     loop: LoopForm = "auto"
     fold_axis: FoldAxis = "vmap"
+    progress_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "progress_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
@@ -105,7 +117,7 @@ class TrainConfig:
         """The loop form to use on the default backend ("auto" resolved)."""
         if self.loop != "auto":
             return self.loop
-        return "step" if jax.default_backend() == "cpu" else "scan"
+        return "step" if jax.default_backend() == "cpu" else "cell"
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,67 @@ class CellResult:
         }
 
 
+def enable_compilation_cache(path: str | Path | None = None) -> Path:
+    """Send every compiled program of this process to JAX's persistent compilation cache at ``path``
+    (default ``$XDG_CACHE_HOME/parrot_jax/jax`` or ``~/.cache/parrot_jax/jax``, the encoders' folder),
+    unless the user already set a folder; returns the folder in use.
+
+    Opt-in: the library never calls it; the grid command and the benchmarks do. A second process
+    training cells of the same shapes loads their executables (on a GPU with XLA's tuned
+    convolutions) instead of compiling them. Programs of any compile time are kept (JAX's default
+    keeps only those over 1 s), since a cell's small programs (init, evaluation) add up too.
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if current and path is None:
+        target = Path(current)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        target = Path(path) if path is not None else base / "parrot_jax" / "jax"
+        target.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(target))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return target
+
+
+def member_bytes(kind: str, model_config: ModelConfig, dims: Sequence[int], batch_size: int = 32) -> int:
+    """Device bytes one member of a cell holds while training, float32: its parameters 7 times (params,
+    best params, gradient, Adam's two moments, the updated params and moments in flight) plus the
+    activations of one batch through each conv stack (every conv output, its ReLU and its pooled copy
+    kept for the backward pass, x 2 for their gradients)."""
+    module = build_model(kind, model_config)
+    dummy = tuple(jax.ShapeDtypeStruct((2, d), jnp.float32) for d in dims)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tuple(jnp.zeros(x.shape) for x in dummy)))
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+    activations = 0
+    if kind != "fcn":
+        for d in dims:
+            length = d
+            for filters in model_config.filters:
+                if model_config.conv_padding == "VALID":
+                    length -= model_config.kernel_size - 1
+                activations += length * filters * 2 + length // model_config.pool_size * filters
+                length //= model_config.pool_size
+    return 4 * (7 * n_params + 2 * batch_size * activations)
+
+
+def pack_size(kind: str, model_config: ModelConfig, shapes: Sequence[tuple[int, int]], members_per_cell: int,
+              config: TrainConfig = TrainConfig(), device: jax.Device | None = None, share: float = 0.5) -> int:
+    """How many cells of these feature ``shapes`` ([N, D_i] each) to train as one program (`train_cells`).
+
+    On CPU: 1 (packing measured no faster there, README "Benchmarks"). On an accelerator: as many as
+    fit in ``share`` of the device's free memory (`device.memory_stats()`: bytes_limit - bytes_in_use),
+    a cell costing its feature rows plus ``members_per_cell`` x `member_bytes`; at least 1.
+    """
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if not stats or "bytes_limit" not in stats:
+        return 1
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    per_cell = 4 * sum(n * d for n, d in shapes) + members_per_cell * member_bytes(
+        kind, model_config, [d for _, d in shapes], config.batch_size)
+    return max(1, int(share * free // per_cell))
+
+
 # ----------------------------------------------------------------------------------------------------
 # input checks and host-side batching
 
@@ -294,6 +367,7 @@ class _Programs:
         step = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
         self.step = jax.jit(step, donate_argnums=(0,))
         self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
+        self.cell = jax.jit(self._cell, donate_argnums=(0,))
         self.evaluate = jax.jit(jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0)))
         self.init = jax.jit(jax.vmap(self._init, in_axes=(0, None)), static_argnums=(1,))
         self.keep_best = jax.jit(jax.vmap(lambda better, new, old: jax.tree_util.tree_map(
@@ -338,6 +412,64 @@ class _Programs:
         per_step = (jnp.swapaxes(idx, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.swapaxes(keys, 0, 1))
         state, losses = jax.lax.scan(body, state, per_step, unroll=self.form == "unrolled")
         return state, losses.sum(axis=0)
+
+    def _cell(self, carry: dict, data: dict, stop: jax.Array) -> dict:
+        """Epochs ``carry["epoch"]`` .. ``stop`` - 1 of every member on the device (fewer if all stop).
+
+        Per epoch e, as `_train_members` does on the host: the steps of e (a `lax.scan`; rows
+        ``data["idx"][:, e]``, a stopped member's steps masked to no-ops), then the validation loss and
+        accuracy in fixed eval batches, best params / score / epoch where the score strictly improved
+        (or the member has no validation rows), the patience counters, and the epoch's row of the
+        progress history [M, E]. See `_train_on_device` for the fields of ``carry`` and ``data``.
+        """
+        vstep = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
+        vlogits = jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0))
+        xs, y, mean, scale = data["xs"], data["y"], data["mean"], data["scale"]
+        val_idx, val_mask = data["val_idx"], data["val_mask"]  # [M, V, B]
+        n_val = jnp.sum(val_mask, axis=(1, 2))
+        has_val = n_val > 0
+        where = jax.vmap(lambda keep, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, old))
+
+        def one_epoch(c: dict) -> dict:
+            e, active = c["epoch"], c["active"]
+            idx = data["idx"][:, e]  # [M, S, B]
+            mask = data["mask"][:, e] & active[:, None, None]
+            epoch_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), e))(data["keys"])
+
+            def step(state, t):
+                keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(epoch_keys)
+                return vstep(state, xs, y, mean, scale, idx[:, t], mask[:, t], keys)
+
+            state, losses = jax.lax.scan(step, c["state"], jnp.arange(idx.shape[1]))
+            logits = jax.lax.map(lambda b: vlogits(state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b]),
+                                 jnp.arange(val_idx.shape[1]))  # [V, M, B, C]
+            logits = jnp.swapaxes(logits, 0, 1)
+            labels = y[val_idx]
+            picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
+            count = jnp.maximum(n_val, 1)
+            val_loss = jnp.where(has_val, -jnp.sum(jnp.where(val_mask, picked, 0.0), axis=(1, 2)) / count, jnp.nan)
+            hits = jnp.sum(val_mask & (jnp.argmax(logits, axis=-1) == labels), axis=(1, 2))
+            val_acc = jnp.where(has_val, hits / count, jnp.nan)
+            score = jnp.where(data["monitor_loss"], val_loss, -val_acc)
+            better = active & (~has_val | (score < c["best_score"]))
+            waited = jnp.where(better, 0, c["waited"] + active)
+            history = {name: c["history"][name].at[:, e].set(value) for name, value in
+                       (("train_loss", losses.sum(axis=0)), ("val_loss", val_loss), ("val_accuracy", val_acc))}
+            still = active & ~(has_val & (waited >= data["patience"]))
+            history["active"] = c["history"]["active"].at[:, e].set(still)
+            return {
+                "state": state,
+                "best": where(better, state[0], c["best"]),
+                "best_score": jnp.where(better, score, c["best_score"]),
+                "best_epoch": jnp.where(better, e + 1, c["best_epoch"]),
+                "waited": waited,
+                "epochs_run": c["epochs_run"] + active,
+                "active": still,
+                "epoch": e + 1,
+                "history": history,
+            }
+
+        return jax.lax.while_loop(lambda c: (c["epoch"] < stop) & jnp.any(c["active"]), one_epoch, carry)
 
     def _logits(self, params, xs, mean, scale, idx, mask):
         """Logits [B, C] of one member's evaluation batch."""
@@ -397,6 +529,13 @@ def _train_members(
     val_rows = [folds[f].val + o for (_, _, f), o in zip(members, offsets)]
     has_val = np.array([len(v) > 0 for v in val_rows])
     steps = max(-(-len(r) // config.batch_size) for r in train_rows)
+    if programs.form == "cell":
+        best, best_epoch, epochs_run = _train_on_device(
+            programs, members, n_real, folds, offsets, val_rows, steps, xs, y, mean, scale, keys, state, config, progress,
+            place)
+        if mesh is not None:
+            best = dist.gather(best, n_real)
+        return best, best_epoch[:n_real].tolist(), epochs_run[:n_real].tolist()
     sign = 1.0 if config.monitor == "loss" else -1.0
     best_score = np.full(M, np.inf)
     best_epoch = np.zeros(M, int)
@@ -450,6 +589,55 @@ def _train_members(
     if mesh is not None:
         best = dist.gather(best, n_real)
     return best, best_epoch[:n_real].tolist(), epochs_run[:n_real].tolist()
+
+
+def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps, xs, y, mean, scale, keys, state,
+                     config, progress, place) -> tuple[PyTree, np.ndarray, np.ndarray]:
+    """`_train_members`' epochs as calls of the "cell" program, ``config.progress_every`` epochs each
+    (all epochs in one call when there is no ``progress`` callback).
+
+    The host builds every epoch's batch tables once ([M, E, steps, B] rows and mask, the same
+    `epoch_order` shuffles as the host loop); a stopped member's later epochs are masked on the device.
+    """
+    M, E = len(members), config.epochs
+    tables = [[_pad_batches(epoch_order(s, f, e, folds[f].train) + o, steps, config.batch_size) for e in range(E)]
+              for (_, s, f), o in zip(members, offsets)]
+    idx = np.stack([np.stack([t[0] for t in member]) for member in tables])
+    mask = np.stack([np.stack([t[1] for t in member]) for member in tables])
+    val_idx, val_mask = _eval_batches(val_rows, config.eval_batch_size)
+    data = {
+        "xs": xs, "y": y, "mean": mean, "scale": scale,
+        "monitor_loss": jnp.asarray(config.monitor == "loss"),
+        "patience": jnp.asarray(E + 1 if config.patience is None else config.patience, jnp.int32),
+        "keys": keys,
+        **dict(zip(("idx", "mask", "val_idx", "val_mask"), place((idx, mask, val_idx, val_mask)))),
+    }
+    per_member = place({
+        "best_score": np.full(M, np.inf, np.float32),
+        "best_epoch": np.zeros(M, np.int32),
+        "waited": np.zeros(M, np.int32),
+        "epochs_run": np.zeros(M, np.int32),
+        "active": np.ones(M, bool),
+        "history": {"train_loss": np.zeros((M, E), np.float32), "val_loss": np.zeros((M, E), np.float32),
+                    "val_accuracy": np.zeros((M, E), np.float32), "active": np.zeros((M, E), bool)},
+    })
+    carry = {"state": state, "best": jax.tree_util.tree_map(jnp.copy, state[0]), "epoch": jnp.asarray(0, jnp.int32),
+             **per_member}
+    n_train = np.array([len(folds[f].train) for _, _, f in members[:n_real]])
+    chunk = config.progress_every if progress is not None else E  # without a progress callback: one call
+    done = 0
+    while done < E:
+        carry = programs.cell(carry, data, jnp.asarray(min(done + chunk, E), jnp.int32))
+        reached = int(carry["epoch"])
+        if progress is not None:
+            history = dist.gather(carry["history"], n_real)
+            for e in range(done, reached):
+                progress(e + 1, {"train_loss": history["train_loss"][:, e] / n_train, "val_loss": history["val_loss"][:, e],
+                                 "val_accuracy": history["val_accuracy"][:, e], "active": history["active"][:, e].copy()})
+        if reached < min(done + chunk, E):  # every member has stopped
+            break
+        done = reached
+    return carry["best"], dist.gather(carry["best_epoch"]), dist.gather(carry["epochs_run"])
 
 
 # ----------------------------------------------------------------------------------------------------

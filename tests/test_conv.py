@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from parrot_jax.conv import Conv1D, conv1d, resolve_rule
+from parrot_jax.conv import Conv1D, conv1d, matmul_conv1d, resolve_rule
 
 X = jax.random.normal(jax.random.PRNGKey(1), (4, 29, 3))
 KERNEL = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 5))
@@ -76,7 +76,43 @@ def test_loop_rule_has_no_grouped_convolution(rule, grouped):
 
 def test_resolve_rule():
     one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    assert resolve_rule("auto") == ("loop" if one_cpu else "grouped")
+    assert resolve_rule("auto") == ("loop" if one_cpu else "matmul")
     assert resolve_rule("grouped") == "grouped"
     with pytest.raises(ValueError, match="must be one of .*'loop'.* got 'looped'"):
         conv1d(X, KERNEL, "VALID", "looped")
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_matmul_conv_equals_lax_conv(padding):
+    """The shifted-view matrix product: values and gradients (input and kernel) equal
+    `lax.conv_general_dilated`'s within 1e-5, for an odd and an even kernel width."""
+    for kernel in (KERNEL, jax.random.normal(jax.random.PRNGKey(3), (4, 3, 5))):
+        np.testing.assert_allclose(matmul_conv1d(X, kernel, padding), _lax_conv(X, kernel, padding), rtol=1e-5, atol=1e-5)
+        ours = jax.grad(_loss, argnums=(1, 2))(matmul_conv1d, X, kernel, padding)
+        ref = jax.grad(_loss, argnums=(1, 2))(_lax_conv, X, kernel, padding)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_conv_under_vmap_is_one_batched_matrix_product():
+    """vmapped over members (each its own kernel), the forward and both gradients contain no convolution
+    at all, only dot products with the member axis as a batch dimension; values equal each member alone."""
+    members = 3
+    xs = jnp.stack([X * (1 + 0.25 * m) for m in range(members)])
+    kernels = jnp.stack([KERNEL * (1 - 0.25 * m) for m in range(members)])
+    fn = jax.vmap(jax.value_and_grad(lambda x, k: _loss(matmul_conv1d, x, k, "VALID"), argnums=(0, 1)))
+    text = jax.jit(fn).lower(xs, kernels).as_text()
+    assert "stablehlo.convolution" not in text
+    dots = re.findall(r"stablehlo.dot_general .*", text)
+    assert len(dots) == 3 and all("batching_dims = [0] x [0]" in d for d in dots), dots  # forward, d/dx, d/dkernel
+    batched = jax.jit(fn)(xs, kernels)
+    for m in range(members):
+        alone = jax.value_and_grad(_loss, argnums=(1, 2))(_lax_conv, xs[m], kernels[m], "VALID")
+        np.testing.assert_allclose(batched[0][m], alone[0], rtol=1e-5)
+        for a, b in zip(batched[1], alone[1]):
+            np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_conv_rejects_unknown_padding():
+    with pytest.raises(ValueError, match="padding must be 'VALID' or 'SAME', got 'FULL'"):
+        matmul_conv1d(X, KERNEL, "FULL")

@@ -389,13 +389,15 @@ def test_cli_devices_flag_is_checked_and_recorded(demo_corpus: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_trainer_sharded_over_4_devices_equals_one_device():
+@pytest.mark.parametrize("loop", ["step", "cell"])
+def test_trainer_sharded_over_4_devices_equals_one_device(loop):
     """train_cell (PARROT, 5 folds x 2 seeds = 10 members -> 12 lanes on 4 devices, early stopping) gives the
-    one-device predictions, metrics and epochs; params and probabilities within 1e-6 (float32 rounding)."""
+    one-device predictions, metrics and epochs; params and probabilities within 1e-6 (float32 rounding);
+    with the host loop of steps and with the whole cell in one device program."""
     code = (
         'import json\nimport jax, numpy as np\nfrom parrot_jax import distributed as dist\nfrom parrot_jax.models import ModelConfig\nfrom parrot_jax.splits import make_folds\nfrom parrot_jax.training import TrainConfig, train_cell\n\nrng = np.random.default_rng(0)\nlabels = rng.integers(0, 4, size=120)\nfeatures = [rng.normal(size=(120, 24)).astype(np.float32) + labels[:, None] * 0.3,\n            rng.normal(size=(120, 16)).astype(np.float32)]\nfolds = make_folds(labels, k=5)\nmodel = ModelConfig(num_classes=4, filters=(4, 8), latent_dim=8, hidden=8)\nconfig = TrainConfig(epochs=4, patience=1, seeds=(0, 1), batch_size=16)\nout, seen = {}, {}\nfor name, devices in (("one", jax.devices()[:1]), ("all", jax.devices())):\n    lengths = []\n    r = train_cell("parrot", model, features, labels, folds, config,\n                   lambda e, st: lengths.append(len(st["active"])), mesh=dist.make_mesh(devices))\n    out[name], seen[name] = r, lengths\na, b = out["one"], out["all"]\nleaves = lambda r: jax.tree_util.tree_leaves(r.params)\nprint(json.dumps({\n    "members": len(b.runs),\n    "progress_lengths": sorted(set(seen["all"])),\n    "predictions": all(np.array_equal(x.predictions, y.predictions) for x, y in zip(a.runs, b.runs)),\n    "probabilities": all(np.array_equal(x.probabilities, y.probabilities) for x, y in zip(a.runs, b.runs)),\n    "epochs": [[x.best_epoch, x.epochs_run] for x in a.runs] == [[y.best_epoch, y.epochs_run] for y in b.runs],\n    "epochs_run": [x.epochs_run for x in b.runs],\n    "params": all(np.array_equal(p, q) for p, q in zip(leaves(a), leaves(b))),\n    "param_diff": max(float(np.abs(p - q).max()) for p, q in zip(leaves(a), leaves(b))),\n    "prob_diff": max(float(np.abs(x.probabilities - y.probabilities).max()) for x, y in zip(a.runs, b.runs)),\n    "param_lanes": int(leaves(b)[0].shape[0]),\n    "summary": a.summary() == b.summary(),\n}))\n'
     )
-    out = run_with_devices(code)
+    out = run_with_devices(code.replace("batch_size=16)", f"batch_size=16, loop={loop!r})"))
     assert out["members"] == 10 and out["param_lanes"] == 10 and out["progress_lengths"] == [10]
     assert out["predictions"] and out["epochs"] and out["summary"], out
     assert out["param_diff"] <= 1e-6 and out["prob_diff"] <= 1e-6, out

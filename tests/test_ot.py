@@ -61,15 +61,16 @@ def _assert_entropic_plan(plan: jax.Array, cost: jax.Array, epsilon: float, atol
     assert np.abs(centred).max() < atol
 
 
-@pytest.mark.parametrize("threshold", [1e-3, None])
-def test_plan_has_uniform_marginals_and_entropic_form(threshold):
-    options = SinkhornOptions(threshold=threshold, max_iterations=2000 if threshold else 300)
+@pytest.mark.parametrize("threshold, inner", [(1e-3, 10), (1e-3, 1), (None, 10)])
+def test_plan_has_uniform_marginals_and_entropic_form(threshold, inner):
+    options = SinkhornOptions(threshold=threshold, max_iterations=2000 if threshold else 300, inner_iterations=inner)
     cost = normalized_cost(*_rows(4))
     plan = transport_plan(cost, None, options)
     tol = 1e-3 if threshold else 1e-4
     assert np.abs(np.asarray(plan.sum(1)) - 1 / B).sum() < tol
     assert np.abs(np.asarray(plan.sum(0)) - 1 / B).sum() < tol
     _assert_entropic_plan(plan, cost, options.epsilon, atol=1e-3)
+    assert options.solver().inner_iterations == (inner if threshold else 1)
 
 
 def test_plan_with_padding_equals_plan_of_valid_rows_alone():
@@ -167,6 +168,7 @@ def test_stop_gradient_treats_plan_as_constant():
         (dict(threshold=-1.0), "SinkhornOptions.threshold must be > 0 or None, got -1.0"),
         (dict(gradient="exact"), "SinkhornOptions.gradient must be one of ('implicit', 'unroll', 'stop'), got 'exact'"),
         (dict(ridge=-1.0), "SinkhornOptions.ridge must be >= 0, got -1.0"),
+        (dict(inner_iterations=0), "SinkhornOptions.inner_iterations must be an int >= 1, got 0"),
     ],
 )
 def test_bad_options_are_named(kwargs, message):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +95,38 @@ def test_vmapped_equals_each_fold_alone():
 
 
 @pytest.mark.slow
-def test_packed_cells_equal_each_cell_alone():
+@pytest.mark.parametrize("kind", ["parrot", "cnn"])
+def test_whole_cell_on_device_equals_host_loop(kind):
+    """loop="cell" (epochs, validation, patience and best params inside one device program, read every 3
+    epochs) equals the host loop of jitted steps (loop="step"): identical predictions, best epochs and
+    epochs run, params within 2e-5, the same per-epoch progress; early stopping fires at different epochs
+    for different members (checked, so that the comparison covers it)."""
+    feats, labels = _problem()
+    folds = _unequal_folds(len(labels))
+    config = TrainConfig(epochs=8, patience=1, monitor="accuracy", learning_rate=1e-2, seeds=(0, 1), loop="step")
+    seen = {"step": [], "cell": []}
+    host = train_cell(kind, _config(), _inputs(kind, feats), labels, folds, config,
+                      progress=lambda e, m: seen["step"].append((e, m)))
+    device = train_cell(kind, _config(), _inputs(kind, feats), labels, folds,
+                        dataclasses.replace(config, loop="cell", progress_every=3),
+                        progress=lambda e, m: seen["cell"].append((e, m)))
+    assert len({r.epochs_run for r in host.runs}) >= 2 and min(r.epochs_run for r in host.runs) < config.epochs
+    assert _max_diff(host.params, device.params) < 2e-5
+    for a, b in zip(host.runs, device.runs):
+        assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+        assert np.array_equal(a.predictions, b.predictions)
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert [e for e, _ in seen["step"]] == [e for e, _ in seen["cell"]]
+    for (_, a), (_, b) in zip(seen["step"], seen["cell"]):
+        assert np.array_equal(a["active"], b["active"])
+        assert np.allclose(a["val_accuracy"], b["val_accuracy"], rtol=0, atol=1e-6)  # float32 on the device
+        for name in ("train_loss", "val_loss"):
+            assert np.allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["step", "cell"])
+def test_packed_cells_equal_each_cell_alone(loop):
     """Two cells of equal shapes (other features, the same labels and folds) trained as one program
     (12 members: cell x seed x fold) equal each cell trained alone: identical predictions, best epochs
     and epochs run, params within 2e-5; each member standardised with its own cell's training rows."""
@@ -100,7 +134,7 @@ def test_packed_cells_equal_each_cell_alone():
     rng = np.random.default_rng(7)
     other = [(x[:, ::-1] * 0.5 + rng.normal(size=x.shape) - 2.0).astype(np.float32) for x in feats]
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop="step")  # as test_vmapped_equals_each_fold_alone
+    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop=loop)  # as test_vmapped_equals_each_fold_alone
     packed = train_cells("parrot", _config(), [feats, other], labels, folds, config)
     assert len(packed) == 2
     for cell_feats, together in zip([feats, other], packed):
@@ -128,7 +162,7 @@ def test_packed_cells_must_match():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, loop", [("parrot", "step"), ("fcn", "scan")])
+@pytest.mark.parametrize("kind, loop", [("parrot", "step"), ("fcn", "scan"), ("cnn", "cell")])
 def test_padded_batches_equal_exact_batches(kind, loop):
     """A fold trained inside the padded, masked program (next to a fold with more steps) equals a plain
     optax loop over exactly its own batches (the last one partial, no padding): params within 2e-5."""
@@ -260,3 +294,44 @@ def test_bad_input_is_named():
         TrainConfig(patience=0)
     with pytest.raises(ValueError, match="TrainConfig.loop must be one of"):
         TrainConfig(loop="while")
+    with pytest.raises(ValueError, match="TrainConfig.progress_every must be an int >= 1, got 0"):
+        TrainConfig(progress_every=0)
+
+
+_CACHED_RUN = """
+import sys, jax, numpy as np
+from jax import monitoring
+sys.path.insert(0, sys.argv[2])
+from test_training import _config, _problem
+from parrot_jax.splits import make_folds
+from parrot_jax.training import TrainConfig, enable_compilation_cache, train_cell
+counts = {"hits": 0, "misses": 0}
+def listen(event, **kwargs):
+    for name in counts:
+        if event == "/jax/compilation_cache/cache_" + name:
+            counts[name] += 1
+monitoring.register_event_listener(listen)
+enable_compilation_cache(sys.argv[1])
+feats, labels = _problem(n=60)
+train_cell("fcn", _config(), feats[:1], labels, make_folds(labels, k=3), TrainConfig(epochs=2, loop=sys.argv[3]))
+print(counts["hits"], counts["misses"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["step", "cell"])
+def test_second_process_loads_programs_from_the_persistent_cache(tmp_path, loop):
+    """With `enable_compilation_cache`, a first process compiles and stores every program (misses, cache
+    files written); a second process training the same shapes finds every one of them (hits, no miss)."""
+    def run() -> tuple[int, int]:
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path), str(Path(__file__).parent), loop],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        hits, misses = map(int, out.stdout.split()[-2:])
+        return hits, misses
+
+    first = run()
+    assert first[0] == 0 and first[1] >= 3 and len(list(tmp_path.iterdir())) >= first[1]
+    second = run()
+    assert second == (first[1], 0)
