@@ -120,7 +120,8 @@ def test_an_unexpected_failure_is_one_line_naming_its_kind(store, tmp_path, caps
 
 
 def test_a_second_csv_corpus_never_replaces_the_first(store, tmp_path, capsys):
-    """Every CSV corpus is stored under OUT/csv/: a second one is refused naming both, unless --start-over."""
+    """Two CSV files of one stem (both `list.csv`) name one store, OUT/list/: the second corpus is refused naming
+    both, unless --start-over."""
     wavs = sorted((store.parent / "corpus" / "wav").iterdir())
     for name, files in (("first", wavs[:3]), ("second", wavs[3:5])):
         (tmp_path / name).mkdir()
@@ -134,6 +135,6 @@ def test_a_second_csv_corpus_never_replaces_the_first(store, tmp_path, capsys):
     text = _error(capsys, [*common, "--root", str(tmp_path / "second" / "list.csv")], "extract")
     assert (f"holds features (logmel-stats) of {tmp_path / 'first' / 'list.csv'} (3 utterances" in text
             and f"this extraction reads {tmp_path / 'second' / 'list.csv'} (2 utterances" in text), text
-    assert len(np.load(out / "csv" / "logmel-stats.npy")) == 3
+    assert len(np.load(out / "list" / "logmel-stats.npy")) == 3
     assert main([*common, "--root", str(tmp_path / "second" / "list.csv"), "--start-over"]) == 0
-    assert len(np.load(out / "csv" / "logmel-stats.npy")) == 2
+    assert len(np.load(out / "list" / "logmel-stats.npy")) == 2

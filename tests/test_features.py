@@ -308,7 +308,7 @@ def test_csv_file_as_root_extracts_and_notes_what_reading_changed(
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "logmel-stats: 4 rows, 0 rejects" in text and "audio 1 resampled, 1 downmixed, 1 mis-named" in text
-    meta = load_features(out, "csv", "logmel-stats").metadata
+    meta = load_features(out, "good", "logmel-stats").metadata
     stem = f"wav/{Path(names[2]).stem}"
     assert meta["audio_notes"] == {"resampled": {"wav/x": "from 8000 Hz"}, "downmixed": {stem: "from 2 channels"},
                                    "misnamed": {stem: "AIFF audio in a .wav file"}}  # fmt: skip
