@@ -19,7 +19,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, choices=CORPORA)
     p.add_argument("--root", type=Path, help="folder holding the corpus's audio (for csv: the CSV file or its "
                    "folder; for demo: default demo_corpus/, generated when absent)")  # fmt: skip
-    p.add_argument("--encoders", default="mfcc-stats,logmel-stats", help="comma-separated registry names")
+    p.add_argument("--encoders", type=_encoder_specs, default="mfcc-stats,logmel-stats",
+                   help="comma-separated registry names, each optionally followed by its options, e.g. "
+                   "'wavlm-base:layer=6,pooling=mean+std,ssam-base' (a layer mix: layer=w0/w1/...)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("features"), help="store: writes OUT/<corpus>/<encoder>.npy")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per batch, and per resumable chunk")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
@@ -32,12 +34,11 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from parrot_jax.extraction import extract, resolve_checkpoints
 
-        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
         try:
             explicit = _name_paths(args.checkpoint, "--checkpoint")
-            checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
-            summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
-                              progress=not args.no_progress)  # fmt: skip
+            checkpoints = resolve_checkpoints([spec.name for spec in args.encoders], args.checkpoints, explicit)
+            summary = extract(args.corpus, args.root, args.encoders, args.out, args.batch_size, args.on_error,
+                              checkpoints, progress=not args.no_progress)  # fmt: skip
         except (ValueError, FileNotFoundError, ImportError) as error:
             print(f"parrot extract: error: {error}", file=sys.stderr)
             return 1
@@ -198,6 +199,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         return demo.run(args.out, epochs=args.epochs)
 
     p.set_defaults(handler=run)
+
+
+def _encoder_specs(text: str) -> list:
+    """`--encoders`: `registry.parse_encoders`, its refusals turned into argparse's (exit 2, one line)."""
+    from parrot_jax.encoders import registry
+
+    try:
+        return registry.parse_encoders(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _name_paths(items: list[str], flag: str) -> dict[str, Path]:

@@ -3,9 +3,11 @@
 The manifest is cut into chunks of ``batch_size`` consecutive utterances; each chunk's audio is loaded
 once for all encoders and embedded, and each finished chunk is written atomically to
 ``.partial/<encoder>/chunk_<k>.npz``. A run killed at any point (SIGKILL included) and started again
-skips the chunks already there, then assembles the same bytes an uninterrupted run writes. Partial work
-is discarded when the fingerprint (what the embedding depends on, the manifest hash, batch size,
-on_error) changes. One extraction at a time per store (no locking).
+skips the chunks already there, then assembles the same bytes an uninterrupted run writes. A finished
+entry is not recomputed while its fingerprint (`features.fingerprint`: the encoder's name, embedding
+options and checkpoint hash, the manifest, on_error) holds, however the encoder runs now (batch size,
+compilation cache, scan, devices). Partial work is discarded when the fingerprint or the chunking
+(``batch_size``) changes. One extraction at a time per store (no locking).
 
 Devices and hosts: encoders that run a JAX program split each batch over this host's chosen devices;
 under several processes each host embeds its share of the chunks and host 0 assembles the store.
@@ -27,7 +29,7 @@ from parrot_jax import __version__
 from parrot_jax.audio import AudioError, check_length, load_audio
 from parrot_jax.corpora import Utterance, demo_corpus_root, load_manifest, resolve_inside
 from parrot_jax.encoders import registry
-from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
+from parrot_jax.features import FORMAT_VERSION, fingerprint, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
 
 ON_ERROR = ("raise", "skip")
@@ -104,10 +106,12 @@ def resolve_checkpoints(
     return folders
 
 
-def _build(name_or_encoder: Any, checkpoints: Mapping[str, Path]) -> registry.Encoder:
-    if not isinstance(name_or_encoder, str):
-        return name_or_encoder
-    return registry.build(name_or_encoder, checkpoints.get(name_or_encoder))
+def _build(encoder: str | registry.EncoderSpec | registry.Encoder, checkpoints: Mapping[str, Path]) -> registry.Encoder:
+    if isinstance(encoder, str):
+        return registry.build(encoder, checkpoints.get(encoder))
+    if isinstance(encoder, registry.EncoderSpec):
+        return registry.build(encoder.name, checkpoints.get(encoder.name), **encoder.options)
+    return encoder
 
 
 @dataclass
@@ -116,21 +120,16 @@ class _Job:
 
     encoder: registry.Encoder
     encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
-    fingerprint: str
+    fingerprint: str  # of the finished entry (features.fingerprint)
     partial: Path
     todo: set[int]
     reused_files: int = 0
     computed_files: int = 0
 
 
-def _fingerprint(
-    encoder: registry.Encoder, encoder_metadata: dict[str, Any], manifest_hash: str, batch_size: int, on_error: str
-) -> str:
-    return sha256_json(
-        {"name": encoder.name, "metadata": encoder_metadata, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
-         "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
-         "on_error": on_error, "format_version": FORMAT_VERSION}
-    )  # fmt: skip
+def _partial_fingerprint(identity: str, batch_size: int) -> str:
+    """What a partial extraction's chunks depend on: the entry's fingerprint and the chunking."""
+    return sha256_json({"fingerprint": identity, "batch_size": batch_size})
 
 
 def _chunk_path(partial: Path, k: int) -> Path:
@@ -145,19 +144,19 @@ def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == sha256_file(npy_path)
 
 
-def _start_job(
-    store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
-) -> _Job:
+def _start_job(store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], identity: str,
+               batch_size: int, n_chunks: int) -> _Job:
     partial = store / ".partial" / encoder.name
     state = partial / "state.json"
-    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
-        shutil.rmtree(partial)  # work of another encoder config, manifest or batch size
+    chunks_of = _partial_fingerprint(identity, batch_size)
+    if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != chunks_of):
+        shutil.rmtree(partial)  # work of another encoder identity, manifest or batch size
     partial.mkdir(parents=True, exist_ok=True)
     remove_temporaries(partial)
     if not state.is_file():
-        write_json(state, {"fingerprint": fingerprint})
+        write_json(state, {"fingerprint": chunks_of})
     todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
-    return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
+    return _Job(encoder, encoder_metadata, identity, partial, todo)
 
 
 def _embed_chunk(
@@ -261,8 +260,8 @@ def _finish(
         "corpus": corpus,
         "encoder": encoder.name,
         "encoder_metadata": encoder_metadata,
-        "pooling": encoder_metadata.get("pooling"),
-        "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
+        "encoder_options": encoder_metadata["options"],
+        "checkpoint_sha256": encoder_metadata["checkpoint_sha256"],
         "dim": encoder.dim,
         "sample_rate": encoder.sample_rate,
         "min_samples": encoder.min_samples,
@@ -392,14 +391,15 @@ def _plan_jobs(
     jobs: list[_Job] = []
     for encoder in built:
         encoder_metadata = encoder.metadata()
-        fingerprint = _fingerprint(encoder, encoder_metadata, digest, batch_size, on_error)
-        if _up_to_date(store, encoder.name, fingerprint):
+        identity = fingerprint(encoder_metadata, encoder.dim, encoder.sample_rate, encoder.min_samples, digest,
+                               on_error)
+        if _up_to_date(store, encoder.name, identity):
             _remove_partial(store / ".partial" / encoder.name)
             meta = read_metadata(store, corpus, encoder.name)
             summaries[encoder.name] = EncoderSummary(encoder.name, len(meta["ids"]), len(meta["rejects"]), 0,
                                                      len(manifest), meta["features_sha256"])  # fmt: skip
             continue
-        job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
+        job = _start_job(store, encoder, encoder_metadata, identity, batch_size, n_chunks)
         job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
         jobs.append(job)
     return summaries, jobs

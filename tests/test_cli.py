@@ -35,3 +35,12 @@ def test_help_lists_the_subcommands(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("extract", "verify-corpus", "grid", "predict", "demo"))
+
+
+def test_extract_refuses_an_unknown_encoder_option_when_parsing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["extract", "--corpus", "demo", "--root", str(tmp_path), "--encoders", "mfcc-stats:n_mfcc=20,layr=3"])
+    assert done.value.code == 2
+    assert ("argument --encoders: encoder 'mfcc-stats': unknown option 'layr'; it takes n_mfcc, n_mels, deltas "
+            "(embedding)") in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -61,7 +61,8 @@ class Columns:
         return self.inner.embed_batch(waves)[:, self.start : self.start + self.dim]
 
     def metadata(self) -> dict:
-        return {"stand_in": "logmel-stats columns", "start": self.start, "dim": self.dim}
+        return {"name": self.name, "options": {"stand_in": "logmel-stats columns", "start": self.start},
+                "run_options": {}, "checkpoint_sha256": None}
 
 
 @pytest.fixture(scope="module")
