@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -32,7 +33,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from parrot_jax.extraction import extract, resolve_checkpoints
+        from parrot_jax.extraction import extract
 
         try:
             explicit = _name_paths(args.checkpoint, "--checkpoint")
@@ -209,6 +210,34 @@ def _encoder_specs(text: str) -> list:
         return registry.parse_encoders(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def resolve_checkpoints(
+    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """Checkpoint folder per encoder that needs one: `explicit[name]` (--checkpoint NAME=PATH), else
+    `checkpoint_dir/name` (--checkpoints DIR)."""
+    from parrot_jax.encoders import registry
+
+    explicit = dict(explicit or {})
+    folders = {}
+    for name in names:
+        if not registry.entry(name).needs_checkpoint:
+            if name in explicit:
+                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
+            continue
+        if name in explicit:
+            folders[name] = Path(explicit[name])
+        elif checkpoint_dir is not None:
+            folders[name] = Path(checkpoint_dir) / name
+        else:
+            raise ValueError(
+                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
+                f"{name}/) or --checkpoint {name}=PATH"
+            )
+        if not folders[name].is_dir():
+            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
+    return folders
 
 
 def _name_paths(items: list[str], flag: str) -> dict[str, Path]:

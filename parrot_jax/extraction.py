@@ -81,31 +81,6 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-def resolve_checkpoints(
-    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
-) -> dict[str, Path]:
-    """Checkpoint folder per encoder that needs one: `explicit[name]`, else `checkpoint_dir/name`."""
-    explicit = dict(explicit or {})
-    folders = {}
-    for name in names:
-        if not registry.entry(name).needs_checkpoint:
-            if name in explicit:
-                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
-            continue
-        if name in explicit:
-            folders[name] = Path(explicit[name])
-        elif checkpoint_dir is not None:
-            folders[name] = Path(checkpoint_dir) / name
-        else:
-            raise ValueError(
-                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
-                f"{name}/) or --checkpoint {name}=PATH"
-            )
-        if not folders[name].is_dir():
-            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
-    return folders
-
-
 def _build(encoder: str | registry.EncoderSpec | registry.Encoder, checkpoints: Mapping[str, Path]) -> registry.Encoder:
     if isinstance(encoder, str):
         return registry.build(encoder, checkpoints.get(encoder))
