@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # dev: the test tools. CI adds ref (torch==2.13.0, for the live reference tests) and egemaps (opensmile).
 EXTRAS  ?= dev
 
-.PHONY: install test extract grid demo bench clean
+.PHONY: install test test-all extract grid demo bench clean
 
 install: $(STAMP)
 
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
+# The fast suite: every test not marked slow (a few minutes on 2 CPU cores). Run it while you work.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, slow tests included (compile-heavy, multi-process, kill-and-resume, wheel install): what CI runs.
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 # make extract CORPUS=emodb ROOT=/path/to/emodb ENCODERS=mfcc-stats,logmel-stats

@@ -14,7 +14,6 @@ cell's file holding the same key is "done"; any other is run again.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import Sequence
 from parrot_jax.config import GridConfig, model_config, train_config
 from parrot_jax.encoders import registry
 from parrot_jax.features import CorpusData
+from parrot_jax.files import sha256_json
 
 @dataclass(frozen=True)
 class Cell:
@@ -138,7 +138,7 @@ def check_layer_inputs(cells: Sequence[Cell], config: GridConfig, data: dict[str
 def cell_key(cell: Cell, config: GridConfig, data: CorpusData) -> str:
     """SHA-256 of the cell's settings and the content hashes of its feature files."""
     payload = {"settings": cell_settings(cell, config, len(data.class_names)), "features": {e: data.hashes[e] for e in cell.encoders}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 

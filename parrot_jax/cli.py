@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from parrot_jax.locks import Locked
@@ -23,7 +24,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, choices=CORPORA)
     p.add_argument("--root", type=Path, help="folder holding the corpus's audio (for csv: the CSV file or its "
                    "folder; for demo: default demo_corpus/, generated when absent)")  # fmt: skip
-    p.add_argument("--encoders", default="mfcc-stats,logmel-stats", help="comma-separated registry names")
+    p.add_argument("--encoders", type=_encoder_specs, default="mfcc-stats,logmel-stats",
+                   help="comma-separated registry names, each optionally followed by its options, e.g. "
+                   "'wavlm-base:layer=6,pooling=mean+std,ssam-base' (a layer mix: layer=w0/w1/...)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("features"), help="store: writes OUT/<corpus>/<encoder>.npy")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per batch, and per resumable chunk")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
@@ -38,13 +41,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    "another corpus or an older copy of this one (else refused)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> int:
-        from parrot_jax.extraction import extract, resolve_checkpoints
+        from parrot_jax.extraction import extract
 
-        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
         explicit = _name_paths(args.checkpoint, "--checkpoint")
-        checkpoints = resolve_checkpoints(names, args.checkpoints, explicit)
-        summary = extract(args.corpus, args.root, names, args.out, args.batch_size, args.on_error, checkpoints,
-                          progress=not args.no_progress, start_over=args.start_over,
+        checkpoints = resolve_checkpoints([spec.name for spec in args.encoders], args.checkpoints, explicit)
+        summary = extract(args.corpus, args.root, args.encoders, args.out, args.batch_size, args.on_error,
+                          checkpoints, progress=not args.no_progress, start_over=args.start_over,
                           name=args.name)  # fmt: skip
         print(summary.text())
         return 0
@@ -200,6 +202,44 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         return demo.run(args.out, epochs=args.epochs)
 
     p.set_defaults(handler=run)
+
+
+def _encoder_specs(text: str) -> list:
+    """`--encoders`: `registry.parse_encoders`, its refusals turned into argparse's (exit 2, one line)."""
+    from parrot_jax.encoders import registry
+
+    try:
+        return registry.parse_encoders(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def resolve_checkpoints(
+    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
+) -> dict[str, Path]:
+    """Checkpoint folder per encoder that needs one: `explicit[name]` (--checkpoint NAME=PATH), else
+    `checkpoint_dir/name` (--checkpoints DIR)."""
+    from parrot_jax.encoders import registry
+
+    explicit = dict(explicit or {})
+    folders = {}
+    for name in names:
+        if not registry.entry(name).needs_checkpoint:
+            if name in explicit:
+                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
+            continue
+        if name in explicit:
+            folders[name] = Path(explicit[name])
+        elif checkpoint_dir is not None:
+            folders[name] = Path(checkpoint_dir) / name
+        else:
+            raise ValueError(
+                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
+                f"{name}/) or --checkpoint {name}=PATH"
+            )
+        if not folders[name].is_dir():
+            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
+    return folders
 
 
 def _name_paths(items: list[str], flag: str) -> dict[str, Path]:

@@ -1,5 +1,10 @@
 """Grid configs: `GridConfig` (what a grid run does), config files as Python, command-line overrides.
 
+A `GridConfig` is a tree of typed, frozen dataclasses: its own fields, ``train`` (a `TrainConfig`) and
+``model`` (a `ModelConfig`, with ``model.sinkhorn`` a `SinkhornOptions`). An override
+``key.sub.field=value`` sets one leaf of any depth from text (`parrot_jax.text_values`), and is
+refused when read, in one line naming the key and what it accepts.
+
 A config file is a Python file defining ``get_config() -> GridConfig``. The package ships the paper's
 (``paper``, the default), the demo's (``demo``) and ``emodb_classical`` in ``parrot_jax/configs/``;
 `load_config` takes one of these names or the path of a file of your own.
@@ -10,16 +15,34 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from parrot_jax.models import ModelConfig
+from parrot_jax.text_values import field_names, set_path
+from parrot_jax.training import TrainConfig
 
 TABLE1_METHODS = ("svm", "fcn", "cnn")
 TABLE2_METHODS = ("concat", "parrot")
 ABLATION_METHODS = ("hadamard", "ot")
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged configs: paper.py, demo.py, ...
 DEFAULT_CONFIG = CONFIGS / "paper.py"
+MODEL_CLASSES_PLACEHOLDER = 2  # GridConfig.model.num_classes: replaced by each corpus's class count
+DERIVED = {  # keys a grid sets itself, and from what
+    "train.seeds": "set the training seeds with seeds=...",
+    "model.num_classes": "it is each corpus's number of classes",
+}
+
+
+def _from_fields(cls: type, fields: Mapping[str, Any], key: str) -> Any:
+    """`cls(**fields)`, unknown field names refused naming `key` and the known ones."""
+    unknown = sorted(set(fields) - set(field_names(cls)))
+    if unknown:
+        raise ValueError(f"GridConfig.{key}: unknown fields {unknown}; known: {', '.join(field_names(cls))}")
+    if cls is ModelConfig:
+        return ModelConfig.from_dict(fields)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,9 @@ class GridConfig:
     val_fraction: share of each fold's training part held out for early stopping (paper: unstated).
     seeds: training seeds (initialisation, dropout, shuffling); every cell runs each seed on each fold.
     table1 / table2: the methods of each table. ablations: add "hadamard" and "ot" to Table 2.
-    train / model: overrides of `TrainConfig` / `ModelConfig` fields (e.g. {"epochs": 5}).
+    train: how every neural cell trains (`TrainConfig`; its ``seeds`` come from ``seeds``).
+    model: every neural cell's model (`ModelConfig`; its ``num_classes`` comes from each corpus's labels).
+        A config file may give either as a dict of fields (e.g. ``train={"epochs": 5}``).
     svm_standardize: z-score features (training rows' statistics) before the SVM.
     checkpoints: also save each neural cell's trained models with orbax (``models/<cell>/``).
     tsne_methods: neural methods whose penultimate activations are kept for t-SNE figures.
@@ -72,8 +97,8 @@ class GridConfig:
     table1: tuple[str, ...] = TABLE1_METHODS
     table2: tuple[str, ...] = TABLE2_METHODS
     ablations: bool = False
-    train: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(num_classes=MODEL_CLASSES_PLACEHOLDER))
     svm_standardize: bool = True
     checkpoints: bool = False
     tsne_methods: tuple[str, ...] = ("parrot",)
@@ -81,6 +106,14 @@ class GridConfig:
     pack_cells: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.train, Mapping):
+            object.__setattr__(self, "train", _from_fields(TrainConfig, self.train, "train"))
+        if isinstance(self.model, Mapping):
+            fields = {"num_classes": MODEL_CLASSES_PLACEHOLDER, **self.model}
+            object.__setattr__(self, "model", _from_fields(ModelConfig, fields, "model"))
+        if not isinstance(self.train, TrainConfig) or not isinstance(self.model, ModelConfig):
+            raise TypeError(f"GridConfig: train must be a TrainConfig and model a ModelConfig (or dicts of their "
+                            f"fields), got {type(self.train).__name__} and {type(self.model).__name__}")
         from parrot_jax.report import metric_keys
         from parrot_jax.splits import ALL_PROTOCOLS
 
@@ -97,7 +130,7 @@ class GridConfig:
                              f"Table 2 takes {TABLE2_METHODS + ABLATION_METHODS}")
         if not self.seeds:
             raise ValueError("GridConfig.seeds: expected at least one seed")
-        if "seeds" in self.train:
+        if self.train.seeds != TrainConfig().seeds:
             raise ValueError("GridConfig.train: set the seeds with GridConfig.seeds, not train.seeds")
         if not (isinstance(self.pack_cells, int) and self.pack_cells >= 1):
             raise ValueError(f"GridConfig.pack_cells: expected an int >= 1, got {self.pack_cells!r}")
@@ -154,80 +187,33 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config, {"file": str(path), "source": path.read_text(), "overrides": list(overrides)}
 
 
-def _parse_scalar(text: str) -> Any:
-    """A JSON value (5, 0.1, true, null, "x"), else the text itself; 'none' means None."""
-    if text.lower() == "none":
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_field(name: str, kind: Any, text: str) -> Any:
-    origin = typing.get_origin(kind)
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"override {name}={text!r}: expected true or false")
-        return text.lower() in ("true", "1", "yes")
-    if kind in (int, float, str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"override {name}={text!r}: expected {kind.__name__}") from None
-    if origin is tuple:
-        item = typing.get_args(kind)[0]
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        return tuple(_parse_field(name, item, p) for p in parts)
-    raise ValueError(f"override {name}: field of type {kind} cannot be set from the command line")
-
-
 def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:
-    """Apply ``key=value`` strings: ``epochs=5`` style for fields, ``train.patience=none`` /
-    ``model.dropout_rate=0.3`` for entries of the ``train`` / ``model`` dicts; tuples are comma-separated."""
-    hints = typing.get_type_hints(GridConfig)
-    changes: dict[str, Any] = {}
+    """Apply ``key=value`` strings, in order: ``folds=4``, ``seeds=0,1`` (tuples comma-separated),
+    ``train.patience=none``, ``model.sinkhorn.epsilon=0.1`` (dotted keys of any depth). A ValueError in
+    one line names the override, the key and what it accepts."""
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected key=value")
-        head, dot, sub = key.strip().partition(".")
-        if head not in hints:
-            raise ValueError(f"override {item!r}: unknown key {head!r}; known: {', '.join(hints)}")
-        if dot:
-            if head not in ("train", "model"):
-                raise ValueError(f"override {item!r}: only train.<field> and model.<field> take a dotted key")
-            merged = dict(changes.get(head, getattr(config, head)))
-            merged[sub] = _parse_scalar(text.strip())
-            changes[head] = merged
-        else:
-            changes[head] = _parse_field(head, hints[head], text.strip())
-    return dataclasses.replace(config, **changes)
+        key = key.strip()
+        try:
+            if not sep or not key:
+                raise ValueError("expected key=value")
+            if key in DERIVED:
+                raise ValueError(f"{key} cannot be set: {DERIVED[key]}")
+            config = set_path(config, key.split("."), text)
+        except ValueError as error:
+            raise ValueError(f"override {item!r}: {error}") from None
+    return config
 
 
 def config_dict(config: GridConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _check_fields(group: str, options: dict, kind: type, set_elsewhere: str) -> None:
-    """Refuse keys of `options` (``config.train`` / ``config.model``) that are not fields of `kind`."""
-    known = [f.name for f in dataclasses.fields(kind) if f.name != set_elsewhere]
-    for key in options:
-        if key not in known:
-            raise ValueError(f"{group}.{key}: {kind.__name__} has no field {key!r}; known: {', '.join(known)}")
+def train_config(config: GridConfig) -> TrainConfig:
+    """The `TrainConfig` of every neural cell: ``config.train`` with ``config.seeds``."""
+    return dataclasses.replace(config.train, seeds=tuple(config.seeds))
 
 
-def train_config(config: GridConfig):
-    """The `TrainConfig` of every neural cell: the paper's defaults, ``config.train``, ``config.seeds``."""
-    from parrot_jax.training import TrainConfig
-
-    _check_fields("train", config.train, TrainConfig, "seeds")
-    return TrainConfig(**{**config.train, "seeds": tuple(config.seeds)})
-
-
-def model_config(config: GridConfig, num_classes: int):
-    """The `ModelConfig` of every neural cell: its defaults, ``config.model``, the corpus's class count."""
-    from parrot_jax.models import ModelConfig
-
-    _check_fields("model", config.model, ModelConfig, "num_classes")
-    return ModelConfig.from_dict({**config.model, "num_classes": num_classes})
+def model_config(config: GridConfig, num_classes: int) -> ModelConfig:
+    """The `ModelConfig` of every neural cell: ``config.model`` with the corpus's class count."""
+    return dataclasses.replace(config.model, num_classes=num_classes)

@@ -3,11 +3,14 @@
 The manifest is cut into chunks of ``batch_size`` consecutive utterances; each chunk's audio is loaded
 once for all encoders and embedded, and each finished chunk is written atomically to
 ``.partial/<encoder>/chunk_<k>.npz``. A run killed at any point (SIGKILL included) and started again
-skips the chunks already there, then assembles the same bytes an uninterrupted run writes. Partial work
-is discarded when the fingerprint (what the embedding depends on, the manifest hash, batch size,
-on_error) changes. Each chunk records its utterance ids, and a matrix is published only where the chunks'
-ids are exactly the manifest's, in order. One extraction at a time per store: `extract` holds the store's
-lock (``.lock``, `parrot_jax.locks`) throughout and refuses a second writer at once.
+skips the chunks already there, then assembles the same bytes an uninterrupted run writes. A finished
+entry is not recomputed while its fingerprint (`features.fingerprint`: the encoder's name, embedding
+options and checkpoint hash, the manifest, on_error) holds, however the encoder runs now (batch size,
+compilation cache, scan, devices). Partial work is discarded when the fingerprint, the chunking
+(``batch_size``) or the chunk format changes. Each chunk records its utterance ids, and a matrix is
+published only where the chunks' ids are exactly the manifest's, in order. One extraction at a time per
+store: `extract` holds the store's lock (``.lock``, `parrot_jax.locks`) throughout and refuses a second
+writer at once.
 
 Devices and hosts: encoders that run a JAX program split each batch over this host's chosen devices;
 under several processes each host embeds its share of the chunks and host 0 assembles the store.
@@ -30,7 +33,7 @@ from parrot_jax import __version__
 from parrot_jax.audio import NOTES, AudioError, check_length, read_audio
 from parrot_jax.corpora import Utterance, audio_folder, corpus_name, demo_corpus_root, load_manifest, resolve_inside
 from parrot_jax.encoders import registry
-from parrot_jax.features import FORMAT_VERSION, manifest_sha256, read_metadata, write_store_manifest
+from parrot_jax.features import FORMAT_VERSION, fingerprint, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
 from parrot_jax.locks import exclusive
 
@@ -95,35 +98,12 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-def resolve_checkpoints(
-    names: Sequence[str], checkpoint_dir: Path | None = None, explicit: Mapping[str, Path] | None = None
-) -> dict[str, Path]:
-    """Checkpoint folder per encoder that needs one: `explicit[name]`, else `checkpoint_dir/name`."""
-    explicit = dict(explicit or {})
-    folders = {}
-    for name in names:
-        if not registry.entry(name).needs_checkpoint:
-            if name in explicit:
-                raise ValueError(f"encoder {name!r} takes no checkpoint, got {explicit[name]}")
-            continue
-        if name in explicit:
-            folders[name] = Path(explicit[name])
-        elif checkpoint_dir is not None:
-            folders[name] = Path(checkpoint_dir) / name
-        else:
-            raise ValueError(
-                f"encoder {name!r} needs a checkpoint folder: give --checkpoints DIR (holding a sub-folder "
-                f"{name}/) or --checkpoint {name}=PATH"
-            )
-        if not folders[name].is_dir():
-            raise ValueError(f"checkpoint folder of encoder {name!r} does not exist: {folders[name]}")
-    return folders
-
-
-def _build(name_or_encoder: Any, checkpoints: Mapping[str, Path]) -> registry.Encoder:
-    if not isinstance(name_or_encoder, str):
-        return name_or_encoder
-    return registry.build(name_or_encoder, checkpoints.get(name_or_encoder))
+def _build(encoder: str | registry.EncoderSpec | registry.Encoder, checkpoints: Mapping[str, Path]) -> registry.Encoder:
+    if isinstance(encoder, str):
+        return registry.build(encoder, checkpoints.get(encoder))
+    if isinstance(encoder, registry.EncoderSpec):
+        return registry.build(encoder.name, checkpoints.get(encoder.name), **encoder.options)
+    return encoder
 
 
 @dataclass
@@ -132,21 +112,16 @@ class _Job:
 
     encoder: registry.Encoder
     encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
-    fingerprint: str
+    fingerprint: str  # of the finished entry (features.fingerprint)
     partial: Path
     todo: set[int]
     reused_files: int = 0
     computed_files: int = 0
 
 
-def _fingerprint(
-    encoder: registry.Encoder, encoder_metadata: dict[str, Any], manifest_hash: str, batch_size: int, on_error: str
-) -> str:
-    return sha256_json(
-        {"name": encoder.name, "metadata": encoder_metadata, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
-         "min_samples": encoder.min_samples, "manifest_sha256": manifest_hash, "batch_size": batch_size,
-         "on_error": on_error, "format_version": FORMAT_VERSION}
-    )  # fmt: skip
+def _partial_fingerprint(identity: str, batch_size: int) -> str:
+    """What a partial extraction's chunks depend on: the entry's fingerprint and the chunking."""
+    return sha256_json({"fingerprint": identity, "batch_size": batch_size})
 
 
 def _chunk_path(partial: Path, k: int) -> Path:
@@ -161,19 +136,19 @@ def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == sha256_file(npy_path)
 
 
-def _start_job(
-    store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], fingerprint: str, n_chunks: int
-) -> _Job:
+def _start_job(store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], identity: str,
+               batch_size: int, n_chunks: int) -> _Job:
     partial = store / ".partial" / encoder.name
-    state, wanted = partial / "state.json", {"fingerprint": fingerprint, "chunk_format": CHUNK_FORMAT}
+    state = partial / "state.json"
+    wanted = {"fingerprint": _partial_fingerprint(identity, batch_size), "chunk_format": CHUNK_FORMAT}
     if partial.is_dir() and (not state.is_file() or json.loads(state.read_text()) != wanted):
-        shutil.rmtree(partial)  # work of another encoder config, manifest, batch size or chunk format
+        shutil.rmtree(partial)  # work of another encoder identity, manifest, batch size or chunk format
     partial.mkdir(parents=True, exist_ok=True)
     remove_temporaries(partial)
     if not state.is_file():
         write_json(state, wanted)
     todo = {k for k in range(n_chunks) if not _chunk_path(partial, k).is_file()}
-    return _Job(encoder, encoder_metadata, fingerprint, partial, todo)
+    return _Job(encoder, encoder_metadata, identity, partial, todo)
 
 
 def _embed_chunk(
@@ -302,8 +277,8 @@ def _finish(
         "corpus": corpus,
         "encoder": encoder.name,
         "encoder_metadata": encoder_metadata,
-        "pooling": encoder_metadata.get("pooling"),
-        "checkpoint_sha256": encoder_metadata.get("checkpoint_sha256"),
+        "encoder_options": encoder_metadata["options"],
+        "checkpoint_sha256": encoder_metadata["checkpoint_sha256"],
         "dim": encoder.dim,
         **({"layers": registry.row_shape(encoder)[0]} if len(registry.row_shape(encoder)) == 2 else {}),
         "sample_rate": encoder.sample_rate,
@@ -463,13 +438,14 @@ def _plan_jobs(
     jobs: list[_Job] = []
     for encoder in built:
         encoder_metadata = encoder.metadata()
-        fingerprint = _fingerprint(encoder, encoder_metadata, digest, batch_size, on_error)
-        if _up_to_date(store, encoder.name, fingerprint):
+        identity = fingerprint(encoder_metadata, encoder.dim, encoder.sample_rate, encoder.min_samples, digest,
+                               on_error)
+        if _up_to_date(store, encoder.name, identity):
             _remove_partial(store / ".partial" / encoder.name)
             meta = read_metadata(store, corpus, encoder.name)
             summaries[encoder.name] = EncoderSummary.from_metadata(meta, 0, len(manifest))
             continue
-        job = _start_job(store, encoder, encoder_metadata, fingerprint, n_chunks)
+        job = _start_job(store, encoder, encoder_metadata, identity, batch_size, n_chunks)
         job.reused_files = sum(len(chunk(k)) for k in range(n_chunks) if k not in job.todo)
         jobs.append(job)
     return summaries, jobs

@@ -5,14 +5,21 @@ Layout under ``out/<corpus>/`` (written by `parrot_jax.extraction.extract`):
 - ``manifest.json``: the corpus manifest (every utterance, in `load_manifest` order). Its hash is
   sha256 of the canonical JSON of the utterance list (sorted keys, no spaces).
 - ``<encoder>.npy``: float32 [N, D], one row per accepted utterance, in manifest order.
-- ``<encoder>.json``: encoder name, its ``metadata()`` (config, checkpoint hash, pooling), dim, sample
-  rate, row ids, manifest hash, the sha256 of the ``.npy`` file (the content hash the grid uses to decide
-  whether a finished cell is still valid), rejects, the rows' reading notes (``audio_notes``: ids of the
-  files resampled, downmixed, or in another container than their suffix names), package version.
-  Written last: its presence with a matching fingerprint is what "finished" means.
+- ``<encoder>.json``: the encoder's identity, ``encoder`` (its registry name), ``encoder_options`` (its
+  embedding options) and ``checkpoint_sha256``; its whole ``metadata()`` (run options, architecture,
+  library versions: for information); dim (and ``layers`` for an encoder's ``layer="all"``: the rows are
+  then [L+1, D]), sample rate, row ids, manifest hash, the sha256 of the ``.npy`` file (the content hash
+  the grid uses to decide whether a finished cell is still valid), rejects, the rows' reading notes
+  (``audio_notes``: ids of the files resampled, downmixed, or in another container than their suffix
+  names), package version, and the fingerprint. Written last: its presence with a matching fingerprint is
+  what "finished" means.
 - ``<encoder>.rejects.tsv``: ``id  path  reason`` of each file left out (``on_error="skip"``).
 - ``.partial/<encoder>/``: the finished chunks of an interrupted extraction.
 - ``.lock``: held by the extraction writing the store (`parrot_jax.locks`).
+
+The *fingerprint* of an entry (`fingerprint`) hashes what its numbers depend on: the encoder's
+identity, dim, sample rate and shortest accepted input, the manifest hash and the rejection policy;
+never how the encoder ran (batch size, compilation cache, scan, device).
 
 `load_features` reads one (corpus, encoder) entry and verifies it; `load_corpus` joins a corpus's
 entries into aligned matrices (`CorpusData`), refusing sets whose utterances or labels disagree.
@@ -32,7 +39,7 @@ from parrot_jax.corpora import LABELS, Utterance
 from parrot_jax.files import sha256_file, sha256_json, write_json
 from parrot_jax.locks import LOCK_NAME
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries record the encoder's embedding options apart from how it ran
 MMAP_BYTES = 64 << 20  # load_features memory-maps matrices larger than this by default
 
 
@@ -126,14 +133,26 @@ def features_sha256(out: Path, corpus: str, encoder: str) -> str:
 
 
 def read_metadata(store: Path, corpus: str, encoder: str) -> dict[str, Any]:
-    """The ``<encoder>.json`` of the store folder `store` (= ``out/<corpus>``)."""
+    """The ``<encoder>.json`` of the store folder `store` (= ``out/<corpus>``); refuses another format."""
     path = store / f"{encoder}.json"
+    extract = f"parrot extract --corpus {corpus} --encoders {encoder} --out {store.parent}"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no features of encoder {encoder!r} for corpus {corpus!r}: {path} is missing "
-            f"(run `parrot extract --corpus {corpus} --encoders {encoder} --out {store.parent}`)"
-        )
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"no features of encoder {encoder!r} for corpus {corpus!r}: {path} is missing "
+                                f"(run `{extract}`)")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: store format {meta.get('format_version')}, this version reads format "
+                         f"{FORMAT_VERSION} (it records the encoder's options): re-run `{extract}`")
+    return meta
+
+
+def fingerprint(encoder_metadata: dict[str, Any], dim: int, sample_rate: int, min_samples: int,
+                manifest_hash: str, on_error: str) -> str:
+    """sha256 of what a store entry's numbers depend on (see the module's docstring)."""
+    return sha256_json({"encoder": encoder_metadata["name"], "options": encoder_metadata["options"],
+                        "checkpoint_sha256": encoder_metadata["checkpoint_sha256"], "dim": dim,
+                        "sample_rate": sample_rate, "min_samples": min_samples, "manifest_sha256": manifest_hash,
+                        "on_error": on_error, "format_version": FORMAT_VERSION})
 
 
 def load_features(

@@ -213,7 +213,11 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     for note in notes:
         echo(note)
     if not cells:
-        raise FileNotFoundError(f"no features to run under {config.features}/ (run `parrot extract` first)")
+        missing = f"no features to run under {config.features}/ (run `parrot extract` first)"
+        if not dry_run:
+            raise FileNotFoundError(missing)
+        echo(f"0 cells in {config.run_dir}: {missing}")
+        return GridOutcome([], {}, {}, {}, time.perf_counter() - t0)
     cells_dir = config.run_dir / "cells"
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}

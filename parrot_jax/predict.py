@@ -44,33 +44,28 @@ def train_on_corpus(features_root: str | Path, corpus: str, kind: str, encoders:
 
 
 def build_encoders(model: SavedModel, checkpoints: Mapping[str, Path] | None = None) -> list:
-    """The model's encoders, rebuilt with the settings its features were extracted with.
+    """The model's encoders, rebuilt with the embedding options its training features were extracted with
+    (recorded in the store: layer, pooling, token order, ...).
 
-    Classical encoders are rebuilt from their recorded config; checkpoint encoders need their folder
-    (`checkpoints[name]`) and must match the recorded checkpoint hash."""
+    Checkpoint encoders need their folder (`checkpoints[name]`), whose weights must have the recorded hash."""
     built = []
     for name in model.encoders:
         stored = model.feature_metadata[name]
+        if "encoder_options" not in stored:
+            raise ValueError(f"encoder {name!r}: the model was trained on features of store format "
+                             f"{stored.get('format_version')}, which record no encoder options: extract the "
+                             "features again and retrain")
         folder = (checkpoints or {}).get(name)
-        entry = registry.entry(name)
-        if entry.needs_checkpoint and folder is None:
+        if registry.entry(name).needs_checkpoint and folder is None:
             raise ValueError(f"encoder {name!r} needs its checkpoint folder: pass --checkpoint {name}=PATH")
-        encoder = registry.build(name, folder)
-        recorded = stored["encoder_metadata"].get("config", {})
-        if encoder.metadata().get("config") != recorded:
-            options = {k: v for k, v in recorded.items() if encoder.metadata()["config"].get(k) != v}
-            try:
-                encoder = registry.build(name, folder, **options)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"encoder {name!r}: cannot rebuild the settings {options} the model's features "
-                                 f"were extracted with ({error})") from None
-        if encoder.metadata().get("config") != recorded:
-            raise ValueError(f"encoder {name!r}: its settings {encoder.metadata().get('config')} differ from the "
-                             f"ones the model was trained on {recorded}")
-        if stored.get("checkpoint_sha256") != encoder.metadata().get("checkpoint_sha256"):
-            raise ValueError(f"encoder {name!r}: checkpoint {folder} has hash "
-                             f"{encoder.metadata().get('checkpoint_sha256')}, the model was trained on "
-                             f"{stored.get('checkpoint_sha256')}")
+        encoder = registry.build(name, folder, **stored["encoder_options"])
+        rebuilt = encoder.metadata()
+        if rebuilt["options"] != stored["encoder_options"]:
+            raise ValueError(f"encoder {name!r}: rebuilt with options {rebuilt['options']}, the model's features "
+                             f"were extracted with {stored['encoder_options']}")
+        if rebuilt["checkpoint_sha256"] != stored["checkpoint_sha256"]:
+            raise ValueError(f"encoder {name!r}: checkpoint {folder} has hash {rebuilt['checkpoint_sha256']}, the "
+                             f"model was trained on {stored['checkpoint_sha256']}")
         built.append(encoder)
     return built
 

@@ -112,7 +112,7 @@ class CellRecord:
 def read_paper_tables(path: Path = PAPER_TABLES) -> dict[PaperKey, dict[str, float]]:
     """The paper's published scores: (table, method, abbreviation, corpus) -> {metric: percent}."""
     if not path.is_file():
-        raise FileNotFoundError(f"paper tables not found: {path} (expected experiments/paper_tables.csv)")
+        raise FileNotFoundError(f"paper tables not found: {path} (expected the package's paper_tables.csv)")
     table: dict[PaperKey, dict[str, float]] = {}
     with path.open(newline="") as fh:
         for line, row in enumerate(csv.DictReader(fh), start=2):

@@ -46,6 +46,7 @@ def test_wanted_reads_the_environment():
         allocator.wanted({allocator.ENV_VAR: "yes"})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc malloc's (Linux)")
 def test_settings_stop_refaulting():
     assert allocator.keep_freed_memory()
@@ -57,6 +58,7 @@ def test_settings_stop_refaulting():
     assert kept < 0.3 * default, (kept, default)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc malloc's (Linux)")
 def test_import_changes_nothing():
     """`import parrot_jax.models` with the switch on but no opt-in call: glibc's default re-faulting remains."""

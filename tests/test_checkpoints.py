@@ -161,6 +161,7 @@ def test_load_params_lists_every_problem():
     assert "mis-shaped (1): dense.weight -> dense/kernel: (2, 3) (expected (3, 2))" in msg
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_torch_saved_files_equal_torch_load(tmp_path):
     torch = pytest.importorskip("torch", reason="the live comparison with torch.load needs the `ref` extra")

@@ -79,14 +79,16 @@ def test_min_samples_is_enough_for_finite_features() -> None:
 
 
 def test_options_and_checkpoints_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': unknown options \['n_fft'\]"):
+    with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': unknown option n_fft; it takes n_mfcc, n_mels, "
+                                         r"deltas \(embedding\)"):
         registry.build("mfcc-stats", n_fft=512)
     with pytest.raises(ValueError, match=r"encoder 'logmel-stats' takes no checkpoint"):
         registry.build("logmel-stats", "some/folder")
-    with pytest.raises(ValueError, match=r"need 1 <= n_mfcc <= n_mels"):
+    with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': need ints 1 <= n_mfcc <= n_mels"):
         registry.build("mfcc-stats", n_mfcc=80, n_mels=64)
     meta = registry.build("mfcc-stats").metadata()
     assert meta["config"]["n_mfcc"] == 40 and meta["pooling"] == "mean+std over frames"
+    assert meta["options"] == {"n_mfcc": 40, "n_mels": 64, "deltas": True} and meta["run_options"] == {}
 
 
 def test_egemaps_without_opensmile_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

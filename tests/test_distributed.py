@@ -97,6 +97,7 @@ def test_pad_leading_repeats_the_last_lane_and_checks_leaves():
 # --- four simulated devices --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_select_devices_specs_and_errors():
     out = run_with_devices(
         """
@@ -127,6 +128,7 @@ def test_select_devices_specs_and_errors():
     assert errors["gpu"] == "devices spec 'gpu': expected 'all', a device count N, or 'ids:i,j,...'"
 
 
+@pytest.mark.slow
 def test_shard_leading_packs_and_pads_lanes_per_device():
     out = run_with_devices(
         """
@@ -213,6 +215,7 @@ TOY_TRAINING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_vmapped_training_equals_one_device():
     """The property the trainer relies on: lanes sharded over 4 devices give the one-device numbers."""
     out = run_with_devices(TOY_TRAINING + "\nprint(json.dumps(compare(dist.make_mesh())))")
@@ -279,6 +282,7 @@ def test_two_processes_on_localhost_share_one_mesh():
     assert outs[0]["rows"] == [0, 1, 2, 3, 4] and outs[1]["rows"] == [5, 6, 7, 8, 9]
 
 
+@pytest.mark.slow
 def test_data_parallel_batch_equals_one_device():
     """An encoder-like forward (Flax linen: Dense, LayerNorm, mean over time) on a batch split over
     4 devices returns what the same jitted forward returns on one device."""

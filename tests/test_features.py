@@ -24,6 +24,7 @@ from parrot_jax.extraction import extract
 from parrot_jax.features import features_sha256, load_features, manifest_sha256, read_store_manifest
 
 ENCODERS = ["mfcc-stats", "logmel-stats"]
+WAV2VEC2 = Path(__file__).resolve().parent / "fixtures" / "hf" / "wav2vec2"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_rows_equal_the_encoders_on_each_file(demo: Path, tmp_path: Path) -> Non
         assert meta["features_sha256"] == features.sha256 == _sha(tmp_path / "demo" / f"{name}.npy")
         assert features_sha256(tmp_path, "demo", name) == features.sha256
         assert (meta["encoder"], meta["dim"], meta["sample_rate"]) == (name, encoder.dim, 16000)
-        assert meta["pooling"] == "mean+std over frames"
+        assert meta["encoder_options"] == encoder.metadata()["options"] and meta["format_version"] == 2
         assert meta["encoder_metadata"] == encoder.metadata() and meta["package_version"] == "0.1.0"
     assert not (tmp_path / "demo" / ".partial").exists()
     assert read_store_manifest(tmp_path, "demo") == manifest
@@ -378,3 +379,26 @@ def test_concurrent_extractions_never_publish_a_wrong_store(tmp_path: Path) -> N
         written = (store / f"{name}.json").read_bytes()
         assert written in [(tmp_path / f"reference{b}" / "demo" / f"{name}.json").read_bytes() for b in finished]
         assert load_features(out, "demo", name).ids == tuple(u.id for u in load_manifest("demo", root))
+
+
+def test_how_an_encoder_runs_is_not_part_of_a_store_entrys_identity(demo: Path, tmp_path: Path) -> None:
+    """Moving the compilation-cache folder or changing the encoder's batch size re-extracts nothing; an
+    embedding option (the layer) does, and the entry records the options."""
+    import jax
+
+    out, checkpoints = tmp_path / "out", {"wav2vec2-base": WAV2VEC2}
+    run = lambda text: extract("demo", demo, registry.parse_encoders(text), out, checkpoints=checkpoints,  # noqa: E731
+                               progress=False).encoders[0]
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        first = run(f"wav2vec2-base:compilation_cache={tmp_path / 'cache-a'}")
+        moved = run(f"wav2vec2-base:compilation_cache={tmp_path / 'cache-b'},batch_size=2")
+        layer = run(f"wav2vec2-base:layer=1,compilation_cache={tmp_path / 'cache-b'}")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert (first.computed_files, moved.computed_files, moved.reused_files, layer.computed_files) == (24, 0, 24, 24)
+    assert moved.features_sha256 == first.features_sha256 != layer.features_sha256
+    meta = json.loads((out / "demo" / "wav2vec2-base.json").read_text())
+    assert (meta["encoder"], meta["encoder_options"]) == ("wav2vec2-base", {"layer": 1, "pooling": "mean"})
+    assert meta["checkpoint_sha256"] == _sha(WAV2VEC2 / "model.safetensors")
+    assert meta["encoder_metadata"]["run_options"]["compilation_cache"] == str(tmp_path / "cache-b")

@@ -1,9 +1,17 @@
-"""The package as a whole: no import cycle among its modules (imports inside functions included)."""
+"""The package as a whole: no import cycle among its modules (imports inside functions included), and the
+wheel works installed, from any folder."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "parrot_jax"
 
@@ -70,3 +78,44 @@ def test_no_import_cycle():
 def test_importing_the_package_imports_nothing_else():
     """`import parrot_jax` (hence any of its modules) runs no code of other modules: no side effects."""
     assert import_graph()["parrot_jax"] == set()
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_from_an_empty_folder(tmp_path):
+    """Build a wheel, install it into a fresh venv (the dependencies come from this environment's
+    site-packages, parrot_jax from the wheel alone), run `parrot --help` and `parrot grid --dry-run` from an
+    empty folder: the packaged configs and the paper's tables travel with the package."""
+    source = tmp_path / "source"  # a copy, so that building leaves no build/ or egg-info in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PACKAGE.parent / name, source / name)
+    shutil.copytree(PACKAGE, source / "parrot_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    run = lambda *argv, **kw: subprocess.run(argv, capture_output=True, text=True, timeout=300, **kw)  # noqa: E731
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                str(source))
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("parrot_jax-*.whl")
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", "--without-pip", str(venv)).returncode == 0
+    python = venv / "bin" / "python"
+    site = Path(run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # a plain path: no editable finder
+    installed = run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                    str(wheel))
+    assert installed.returncode == 0, installed.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = run(str(python), "-c", "import parrot_jax, parrot_jax.report as r; print(parrot_jax.__file__); "
+                "print(len(r.read_paper_tables()))", cwd=empty, env=env)
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.splitlines()[0].startswith(str(site)) and int(where.stdout.splitlines()[1]) > 100
+    helped = run(str(venv / "bin" / "parrot"), "--help", cwd=empty, env=env)
+    assert helped.returncode == 0 and "verify-corpus" in helped.stdout, helped.stderr
+    dry = run(str(venv / "bin" / "parrot"), "grid", "--dry-run", cwd=empty, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "0 cells in results/paper: no features to run under features/" in dry.stdout
+    demo = run(str(venv / "bin" / "parrot"), "grid", "--dry-run", "--config", "demo", cwd=empty, env=env)
+    assert demo.returncode == 0 and "0 cells in results/demo" in demo.stdout, demo.stderr
+    assert list(empty.iterdir()) == []  # a dry run writes nothing

@@ -1,4 +1,4 @@
-"""experiments/paper_tables.csv against the text of the paper (../shared/paper/PARROT.md)."""
+"""parrot_jax/paper_tables.csv (package data) against the text of the paper (../shared/paper/PARROT.md)."""
 
 from __future__ import annotations
 

@@ -112,14 +112,47 @@ def test_missing_model_and_mismatched_encoder_settings_are_refused(saved, tmp_pa
     assert cli.main(["predict", "--model", str(tmp_path / "none"), str(wav)]) == 1
     assert "none holds no saved model (model.json missing); pass --corpus NAME" in capsys.readouterr().err
     meta = json.loads((saved / "model.json").read_text())
-    meta["feature_metadata"]["mfcc-stats"]["encoder_metadata"]["config"]["n_mfcc"] = 20
-    meta["feature_metadata"]["mfcc-stats"]["encoder_metadata"]["config"]["window"] = "hamming"
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "model.json").write_text(json.dumps(meta))
-    (other / "state").symlink_to(saved / "state")
-    with pytest.raises(ValueError, match=r"encoder 'mfcc-stats': cannot rebuild the settings .*'window': 'hamming'"):
-        predict_files(load_model(other), [wav])
+    meta["feature_metadata"]["mfcc-stats"]["encoder_options"]["window"] = "hamming"
+    with pytest.raises(ValueError, match=r"^encoder 'mfcc-stats': unknown option window; it takes n_mfcc, n_mels, "
+                                         r"deltas \(embedding\)$"):
+        predict_files(load_model(_copy_with(saved, meta, tmp_path / "other")), [wav])
+    del meta["feature_metadata"]["mfcc-stats"]["encoder_options"]
+    meta["feature_metadata"]["mfcc-stats"]["format_version"] = 1
+    with pytest.raises(ValueError, match=r"^encoder 'mfcc-stats': the model was trained on features of store format "
+                                         r"1, which record no encoder options: extract the features again"):
+        predict_files(load_model(_copy_with(saved, meta, tmp_path / "legacy")), [wav])
+
+
+def _copy_with(saved: Path, meta: dict, folder: Path) -> Path:
+    """A saved model sharing `saved`'s params, with `meta` as its model.json."""
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "state").symlink_to(saved / "state")
+    return folder
+
+
+def test_predict_rebuilds_encoders_with_the_options_their_features_were_extracted_with(tmp_path):
+    """wav2vec2 features of hidden state 1 (not the default last one): a new recording is embedded alike."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.encoders import registry
+    from parrot_jax.extraction import extract
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "hf" / "wav2vec2"
+    root = generate_demo_corpus(tmp_path / "corpus", seed=0, n_speakers=3, n_texts=2)
+    spec = registry.parse_encoders("wav2vec2-base:layer=1")
+    extract("demo", root, spec, tmp_path / "features", checkpoints={"wav2vec2-base": folder}, progress=False)
+    model, _ = train_on_corpus(tmp_path / "features", "demo", "fcn", ["wav2vec2-base"], TINY, SMALL_MODEL,
+                               holdout=0.25, val_fraction=0.25)
+    model = load_model(save_model(tmp_path / "model", model))
+    stored = load_features(tmp_path / "features", "demo", "wav2vec2-base")
+    row = 3
+    new = tmp_path / "new_recording.wav"
+    sf.write(new, load_audio(root / "wav" / f"{stored.ids[row]}.wav"), 16000, subtype="PCM_16")
+    last = registry.build("wav2vec2-base", folder).embed_batch([load_audio(new)])[0]
+    assert np.abs(last - stored.matrix[row]).max() > 1e-2  # the default options embed it otherwise
+    [prediction] = predict_files(model, [new], {"wav2vec2-base": folder})
+    expected = model.probabilities([np.asarray(stored.matrix[row : row + 1])])[0]
+    np.testing.assert_allclose([prediction.probabilities[c] for c in model.class_names], expected, atol=1e-5)
 
 
 def test_corrupt_model_json_and_missing_audio_are_named(saved, tmp_path, capsys):

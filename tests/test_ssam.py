@@ -44,7 +44,7 @@ def waves(frontend: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[ssam.SSAMConfig, dict]:
-    config, params, _ = ssam.load(FIXTURES / "tiny")
+    config, params = ssam.load(FIXTURES / "tiny")
     return config, params
 
 
@@ -187,7 +187,7 @@ def test_the_two_token_orders_give_different_embeddings(reference: dict[str, np.
 
 @pytest.mark.slow
 def test_fp16_checkpoint_is_widened_and_matches(waves, reference) -> None:
-    config, params, path = ssam.load(FIXTURES / "tiny_fp16")
+    config, params = ssam.load(FIXTURES / "tiny_fp16")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     pooled = ssam.SSAMEncoder("ssam-test", config, params).embed_batch(waves)
     for i in range(3):

@@ -32,7 +32,7 @@ def check_hidden_states(folder: Path, load, model) -> None:
     cfg_bin, params_bin = load(Path(f"{folder}_bin"))
     assert cfg_bin == cfg
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7), params, params_bin)
-    encoder = w2v.AttentionEncoder("t", folder, model, (cfg.model_type,), w2v.Options())
+    encoder = w2v.AttentionEncoder("t", folder, model, (cfg.model_type,), w2v.EmbeddingOptions())
     waves, expected = fixture_waves(folder)
     apply = jax.jit(model(cfg).apply)
     for i, wave in enumerate(waves):
@@ -103,7 +103,8 @@ def test_encoder_protocol_and_bad_waves():
     assert (enc.name, enc.dim, enc.sample_rate, enc.min_samples) == ("wav2vec2-base", 16, 16000, 30)
     meta = enc.metadata()
     assert meta["checkpoint"] == ["model.safetensors"] and len(meta["checkpoint_sha256"]) == 64
-    assert meta["config"]["hidden_size"] == 16 and meta["pooling"] == "mean" and meta["layer"] == "last"
+    assert meta["config"]["hidden_size"] == 16 and meta["options"] == {"layer": "last", "pooling": "mean"}
+    assert meta["run_options"] == {"batch_size": 4, "bucket_ratio": 1.1, "compilation_cache": None}
     json.dumps(meta)
     with pytest.raises(ValueError, match="at least 30 samples"):
         enc.embed_batch([np.zeros(29, np.float32)])

@@ -1,6 +1,7 @@
 """The demo's grid: the synthetic demo corpus, its two classical feature sets, a short training."""
 
 from parrot_jax.config import GridConfig
+from parrot_jax.training import TrainConfig
 
 
 def get_config() -> GridConfig:
@@ -13,6 +14,6 @@ def get_config() -> GridConfig:
         protocol="stratified",
         folds=5,
         seeds=(0,),
-        train={"epochs": 30, "patience": 10},
+        train=TrainConfig(epochs=30, patience=10),
         figures=("best",),
     )

@@ -9,6 +9,7 @@
 """
 
 from parrot_jax.config import GridConfig
+from parrot_jax.training import TrainConfig
 
 
 def get_config() -> GridConfig:
@@ -19,6 +20,6 @@ def get_config() -> GridConfig:
         protocol="stratified",
         folds=5,
         seeds=(0,),
-        train={"epochs": 50},
+        train=TrainConfig(epochs=50),
         figures=("best",),
     )

@@ -1,6 +1,8 @@
 """The paper's grid: stratified 5-fold CV, Adam lr 1e-3, batch 32, 50 epochs with early stopping."""
 
-from parrot_jax.config import GridConfig
+from parrot_jax.config import MODEL_CLASSES_PLACEHOLDER, GridConfig
+from parrot_jax.models import ModelConfig
+from parrot_jax.training import TrainConfig
 
 
 def get_config() -> GridConfig:
@@ -16,8 +18,8 @@ def get_config() -> GridConfig:
         table1=("svm", "fcn", "cnn"),
         table2=("concat", "parrot"),
         ablations=False,
-        train={"epochs": 50, "batch_size": 32, "learning_rate": 1e-3},
-        model={},
+        train=TrainConfig(epochs=50, batch_size=32, learning_rate=1e-3),
+        model=ModelConfig(num_classes=MODEL_CLASSES_PLACEHOLDER),  # the paper's sizes; num_classes: per corpus
         checkpoints=False,
         tsne_methods=("parrot",),
         figures=("best",),

@@ -19,10 +19,13 @@ refused by the feature store, naming the file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from parrot_jax.encoders.options import NoOptions, split, to_json
 
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms
@@ -30,21 +33,45 @@ HOP = 160  # 10 ms
 DELTA_WIDTH = 9
 
 
-def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"encoder {name!r}: unknown options {sorted(unknown)}; allowed: {sorted(allowed)}")
+@dataclass(frozen=True)
+class MfccOptions:
+    """mfcc-stats' embedding options: MFCCs kept, mel bands, whether the deltas' statistics follow."""
+
+    n_mfcc: int = 40
+    n_mels: int = 64
+    deltas: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_mfcc, int) and isinstance(self.n_mels, int) and 1 <= self.n_mfcc <= self.n_mels):
+            raise ValueError(f"need ints 1 <= n_mfcc <= n_mels, got n_mfcc={self.n_mfcc!r}, n_mels={self.n_mels!r}")
+
+
+@dataclass(frozen=True)
+class LogmelOptions:
+    """logmel-stats' embedding options: mel bands."""
+
+    n_mels: int = 64
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_mels, int) and self.n_mels >= 1):
+            raise ValueError(f"n_mels must be an int >= 1, got {self.n_mels!r}")
+
+
+def _metadata(encoder: Any, config: dict[str, Any], pooling: str, versions: dict[str, str]) -> dict[str, Any]:
+    return {"name": encoder.name, "family": "classical", "options": to_json(encoder.options),
+            "run_options": to_json(encoder.run_options), "checkpoint_sha256": None, "config": config,
+            "pooling": pooling, **versions}
 
 
 class MfccStats:
     """Mean and standard deviation over frames of MFCCs (and of their deltas)."""
 
     sample_rate = SAMPLE_RATE
+    run_options = NoOptions()
 
-    def __init__(self, name: str = "mfcc-stats", n_mfcc: int = 40, n_mels: int = 64, deltas: bool = True):
-        self.name, self.n_mfcc, self.n_mels, self.deltas = name, int(n_mfcc), int(n_mels), bool(deltas)
-        if not 1 <= self.n_mfcc <= self.n_mels:
-            raise ValueError(f"encoder {name!r}: need 1 <= n_mfcc <= n_mels, got n_mfcc={n_mfcc}, n_mels={n_mels}")
+    def __init__(self, name: str = "mfcc-stats", options: MfccOptions = MfccOptions()):
+        self.name, self.options = name, options
+        self.n_mfcc, self.n_mels, self.deltas = options.n_mfcc, options.n_mels, options.deltas
         self.dim = (4 if self.deltas else 2) * self.n_mfcc
         # the delta filter needs DELTA_WIDTH frames; centred framing gives 1 + len // HOP frames
         self.min_samples = (DELTA_WIDTH - 1) * HOP if self.deltas else N_FFT
@@ -66,14 +93,9 @@ class MfccStats:
     def metadata(self) -> dict[str, Any]:
         import librosa
 
-        return {
-            "family": "classical",
-            "config": {"n_mfcc": self.n_mfcc, "n_mels": self.n_mels, "deltas": self.deltas, "n_fft": N_FFT,
-                       "hop_length": HOP, "window": "hann", "delta_width": DELTA_WIDTH},
-            "pooling": "mean+std over frames",
-            "checkpoint_sha256": None,
-            "librosa_version": librosa.__version__,
-        }  # fmt: skip
+        config = {"n_mfcc": self.n_mfcc, "n_mels": self.n_mels, "deltas": self.deltas, "n_fft": N_FFT,
+                  "hop_length": HOP, "window": "hann", "delta_width": DELTA_WIDTH}
+        return _metadata(self, config, "mean+std over frames", {"librosa_version": librosa.__version__})
 
 
 class LogmelStats:
@@ -81,11 +103,10 @@ class LogmelStats:
 
     sample_rate = SAMPLE_RATE
     min_samples = N_FFT
+    run_options = NoOptions()
 
-    def __init__(self, name: str = "logmel-stats", n_mels: int = 64):
-        self.name, self.n_mels = name, int(n_mels)
-        if self.n_mels < 1:
-            raise ValueError(f"encoder {name!r}: n_mels must be >= 1, got {n_mels}")
+    def __init__(self, name: str = "logmel-stats", options: LogmelOptions = LogmelOptions()):
+        self.name, self.options, self.n_mels = name, options, options.n_mels
         self.dim = 2 * self.n_mels
 
     def embed_one(self, wave: np.ndarray) -> np.ndarray:
@@ -101,14 +122,9 @@ class LogmelStats:
     def metadata(self) -> dict[str, Any]:
         import librosa
 
-        return {
-            "family": "classical",
-            "config": {"n_mels": self.n_mels, "n_fft": N_FFT, "hop_length": HOP, "window": "hann",
-                       "amin": 1e-10, "ref": 1.0},
-            "pooling": "mean+std over frames",
-            "checkpoint_sha256": None,
-            "librosa_version": librosa.__version__,
-        }  # fmt: skip
+        config = {"n_mels": self.n_mels, "n_fft": N_FFT, "hop_length": HOP, "window": "hann", "amin": 1e-10,
+                  "ref": 1.0}
+        return _metadata(self, config, "mean+std over frames", {"librosa_version": librosa.__version__})
 
 
 class Egemaps:
@@ -117,6 +133,7 @@ class Egemaps:
     sample_rate = SAMPLE_RATE
     dim = 88
     min_samples = SAMPLE_RATE // 10  # openSMILE's F0/jitter functionals need a few 60 ms frames
+    options = run_options = NoOptions()
 
     def __init__(self, name: str = "egemaps"):
         try:
@@ -141,24 +158,25 @@ class Egemaps:
         return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "family": "classical",
-            "config": {"feature_set": "eGeMAPSv02", "feature_level": "Functionals"},
-            "pooling": "openSMILE functionals",
-            "checkpoint_sha256": None,
-            "opensmile_version": self._version,
-        }
+        config = {"feature_set": "eGeMAPSv02", "feature_level": "Functionals"}
+        return _metadata(self, config, "openSMILE functionals", {"opensmile_version": self._version})
 
 
-_BUILDERS = {"mfcc-stats": MfccStats, "logmel-stats": LogmelStats, "egemaps": Egemaps}
+_BUILDERS = {"mfcc-stats": (MfccStats, MfccOptions), "logmel-stats": (LogmelStats, LogmelOptions),
+             "egemaps": (Egemaps, NoOptions)}
+
+
+def option_classes(name: str) -> tuple[type, type]:
+    """(embedding options, run options) of classical encoder `name` (none runs differently)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"{name!r} is not a classical encoder; known: {', '.join(_BUILDERS)}")
+    return _BUILDERS[name][1], NoOptions
 
 
 def build(name: str, checkpoint: Path | None = None, **options: Any) -> MfccStats | LogmelStats | Egemaps:
     """Registry builder: `checkpoint` must be None (classical features have no weights)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"{name!r} is not a classical encoder; known: {', '.join(_BUILDERS)}")
+    embedding, _ = split(name, options, *option_classes(name))
     if checkpoint is not None:
         raise ValueError(f"encoder {name!r} takes no checkpoint, got {checkpoint}")
-    allowed = {"mfcc-stats": {"n_mfcc", "n_mels", "deltas"}, "logmel-stats": {"n_mels"}, "egemaps": set()}[name]
-    _check_options(name, options, allowed)
-    return _BUILDERS[name](name=name, **options)
+    cls = _BUILDERS[name][0]
+    return cls(name=name) if cls is Egemaps else cls(name=name, options=embedding)

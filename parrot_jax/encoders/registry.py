@@ -1,8 +1,17 @@
-"""Name -> encoder: the paper's encoder names and how to build each one.
+"""Name -> encoder: the paper's encoder names, how to build each one, and the options each takes.
 
 An encoder turns 16 kHz mono float32 waveforms into one pooled vector each:
 
     encoder.embed_batch([wave_1, ..., wave_B]) -> float32 [B, encoder.dim]
+
+`build(name, checkpoint, **options)` builds one; its options are its family's embedding options (what
+changes the numbers: recorded in the store, rebuilt exactly by predict) and run options (how they are
+computed), see `parrot_jax.encoders.options`. On the command line an encoder list is written
+
+    wavlm-base:layer=6,pooling=mean+std,ssam-base,mfcc-stats:n_mfcc=20
+
+(`parse_encoders`): names and ``option=value`` items separated by commas, each option belonging to the
+encoder named before it; a layer mix's weights are separated by "/" (``layer=0.5/0.5/...``).
 
 Builders are imported lazily (``"module:function"``) so that asking for MFCC statistics never imports a
 Mamba. Adding an encoder is adding its module and one line to ``ENCODERS``.
@@ -11,11 +20,15 @@ Mamba. Adding an encoder is adding its module and one line to ``ENCODERS``.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+
+from parrot_jax.encoders.options import known
+from parrot_jax.text_values import field_names, parse_value
 
 
 class Encoder(Protocol):
@@ -30,6 +43,8 @@ class Encoder(Protocol):
     dim: int  # length of one pooled embedding
     sample_rate: int  # the rate `embed_batch` expects (16 kHz for every encoder here)
     min_samples: int  # shorter waveforms are refused by the audio layer, naming the file
+    options: Any  # the family's embedding options (a frozen dataclass)
+    run_options: Any  # the family's run options (a frozen dataclass)
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [len(waves), dim] (or [len(waves), layers, dim], see `row_shape`); row i depends on
@@ -37,7 +52,9 @@ class Encoder(Protocol):
         ...
 
     def metadata(self) -> dict[str, Any]:
-        """JSON-able description: config, checkpoint hash, pooling, ... (recorded in the store)."""
+        """JSON-able description, recorded in the store: at least ``name``, ``options`` (the embedding
+        options), ``run_options``, ``checkpoint_sha256`` (None without a checkpoint), then the family's own
+        details (architecture config, front end, library versions)."""
         ...
 
 
@@ -84,11 +101,62 @@ def entry(name: str) -> EncoderEntry:
         raise ValueError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}") from None
 
 
+def _module(name: str) -> Any:
+    return importlib.import_module(entry(name).builder.split(":")[0])
+
+
 def build(name: str, checkpoint: str | Path | None = None, **options: Any) -> Encoder:
-    """Build encoder `name`, reading its weights from the folder `checkpoint` where it needs one."""
+    """Build encoder `name`, reading its weights from the folder `checkpoint` where it needs one, with
+    `options` (its family's embedding and run options; unknown names are refused, listing the known)."""
     e = entry(name)
     if e.needs_checkpoint and checkpoint is None:
         raise ValueError(f"encoder {name!r} needs a checkpoint folder (the downloaded model files)")
-    module_name, function_name = e.builder.split(":")
-    factory = getattr(importlib.import_module(module_name), function_name)
+    factory = getattr(_module(name), e.builder.split(":")[1])
     return factory(name, None if checkpoint is None else Path(checkpoint), **options)
+
+
+def option_classes(name: str) -> tuple[type, type]:
+    """(embedding options, run options): the dataclasses of encoder `name`'s options."""
+    return _module(name).option_classes(name)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder name with options for `build` (parsed from the command line by `parse_encoders`)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_encoders(text: str) -> list[EncoderSpec]:
+    """The encoders of ``"wavlm-base:layer=6,pooling=mean+std,ssam-base"``: each name with its options,
+    values read by their field types. Refuses an unknown encoder, an unknown option (naming the encoder
+    and the options it takes) and a bad value, in one line each."""
+    specs: list[EncoderSpec] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        head, colon, rest = token.partition(":")
+        if colon and "=" not in head:
+            specs.append(EncoderSpec(entry(head.strip()).name))
+            token = rest.strip()
+            if not token:
+                continue
+        elif "=" not in token:
+            specs.append(EncoderSpec(entry(token).name))
+            continue
+        if not specs:
+            raise ValueError(f"encoder option {token!r} comes before any encoder name (expected NAME:OPTION=VALUE)")
+        key, _, value = (part.strip() for part in token.partition("="))
+        spec = specs[-1]
+        classes = option_classes(spec.name)
+        kind = next((typing.get_type_hints(c)[key] for c in classes if key in field_names(c)), None)
+        if kind is None:
+            raise ValueError(f"encoder {spec.name!r}: unknown option {key!r}; it takes {known(*classes)}")
+        spec.options[key] = parse_value(f"{spec.name}:{key}", kind, value, separator="/")
+    if not specs:
+        raise ValueError(f"no encoder named in {text!r}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"encoders given twice: {', '.join(names)}")
+    return specs

@@ -33,7 +33,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -50,6 +50,7 @@ from parrot_jax.encoders.checkpoints import (
     load_params,
     read_torch_file,
 )
+from parrot_jax.encoders.options import split, to_json
 from parrot_jax.files import sha256_file
 
 # ----------------------------------------------------------------------------------------------- front end
@@ -484,8 +485,8 @@ def infer_config(state: Mapping[str, np.ndarray], source: str) -> SSAMConfig:
         raise CheckpointMismatch(f"{source}: the weights' shapes give an impossible SSAM config: {error}") from None
 
 
-def load(folder: str | Path, config: SSAMConfig | None = None) -> tuple[SSAMConfig, Any, Path]:
-    """``(config, params, checkpoint file)`` from an official SSAM folder (newest ``checkpoint-<epoch>.pth``).
+def load(folder: str | Path, config: SSAMConfig | None = None) -> tuple[SSAMConfig, Any]:
+    """``(config, params)`` from an official SSAM folder (its newest ``checkpoint-<epoch>.pth``).
 
     With ``config`` given the weights must fit it, else the architecture is read off the weights' shapes.
     One CheckpointMismatch lists every missing, unexpected or mis-shaped weight. fp16/bf16 weights are
@@ -500,10 +501,35 @@ def load(folder: str | Path, config: SSAMConfig | None = None) -> tuple[SSAMConf
     bad = [key for key, value in state.items() if not np.isfinite(np.asarray(value, np.float32)).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {', '.join(sorted(bad))}")
-    return config, jax.tree.map(jnp.asarray, params), path
+    return config, jax.tree.map(jnp.asarray, params)
 
 
 # ---------------------------------------------------------------------------------------------- encoder
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions:
+    """What changes the embedding: the token order (see `SSAMConfig`)."""
+
+    token_order: Literal["official", "time_major"] = "official"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the embedding is computed: the selective scan's algorithm (see `SSAMConfig`) and how many
+    2 s chunks run in one compiled call."""
+
+    scan: Literal["auto", "associative", "sequential"] = "auto"
+    chunk_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.chunk_batch, int) and self.chunk_batch >= 1):
+            raise ValueError(f"chunk_batch must be >= 1, got {self.chunk_batch!r}")
+
+
+def option_classes(name: str) -> tuple[type, type]:
+    """(embedding options, run options) of every SSAM model."""
+    return EmbeddingOptions, RunOptions
 
 
 class SSAMEncoder:
@@ -519,12 +545,12 @@ class SSAMEncoder:
 
     def __init__(self, name: str, config: SSAMConfig, params: Any, checkpoint: Path | None = None,
                  chunk_batch: int = 8) -> None:
-        if chunk_batch < 1:
-            raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
         self.name = name
         self.config = config
         self.params = params
         self.checkpoint = checkpoint
+        self.options = EmbeddingOptions(config.token_order)
+        self.run_options = RunOptions(config.scan, chunk_batch)
         self.chunk_batch = chunk_batch
         self.dim = config.frame_dim
         self._forward = self._forward_one_device = jax.jit(AudioMamba(config).apply)
@@ -572,38 +598,34 @@ class SSAMEncoder:
             self._sha256 = sha256_file(self.checkpoint)
         return {
             "name": self.name,
-            "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
+            "family": "mamba",
+            "options": to_json(self.options),
+            "run_options": {**to_json(self.run_options), "resolved_scan": resolve_scan(self.config.scan)},
             "checkpoint_sha256": self._sha256,
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
             "dim": self.dim,
             "pooling": "mean over time of the per-frame embeddings of 2 s chunks, padded tail trimmed",
             "config": dataclasses.asdict(self.config),
-            "options": {"token_order": self.config.token_order, "scan": resolve_scan(self.config.scan),
-                        "chunk_batch": self.chunk_batch},
             "front_end": {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS,
                           "f_min": F_MIN, "f_max": F_MAX, "log_eps": LOG_EPS, "normalise": "per utterance"},
         }
 
 
-def build(name: str, checkpoint_folder: Path | None, *, token_order: str = "official", scan: str = "auto",
-          chunk_batch: int = 8) -> SSAMEncoder:
-    """Registry builder: the SSAM model ``name`` (ssam-tiny/-small/-base) from an official checkpoint folder."""
+def build(name: str, checkpoint_folder: Path | None, **options: Any) -> SSAMEncoder:
+    """Registry builder: the SSAM model ``name`` (ssam-tiny/-small/-base) from an official checkpoint folder,
+    with `EmbeddingOptions` and `RunOptions` fields as keyword options."""
     if name not in PRESETS:
         raise ValueError(f"unknown SSAM model {name!r}; known: {', '.join(PRESETS)}")
+    embedding, running = split(name, options, EmbeddingOptions, RunOptions)
     if checkpoint_folder is None:
         raise ValueError(f"{name} needs the folder of the downloaded official checkpoint")
-    preset = dataclasses.replace(PRESETS[name], token_order=token_order, scan=scan)
-    config, params, path = load(checkpoint_folder, preset)
-    return SSAMEncoder(name, config, params, path, chunk_batch=chunk_batch)
-
-
-def random_params(config: SSAMConfig, seed: int = 0) -> Any:
-    """Randomly initialised AudioMamba params (mamba-ssm-style init) for benchmarks and tests."""
-    spec = jnp.zeros((1, config.chunk_frames, config.n_mels), jnp.float32)
-    return AudioMamba(config).init(jax.random.PRNGKey(seed), spec)["params"]
+    preset = dataclasses.replace(PRESETS[name], token_order=embedding.token_order, scan=running.scan)
+    config, params = load(checkpoint_folder, preset)
+    return SSAMEncoder(name, config, params, newest_checkpoint(Path(checkpoint_folder)), running.chunk_batch)
 
 
 __all__ = [
-    "AudioMamba", "Block", "MambaMixer", "PRESETS", "SSAMConfig", "SSAMEncoder", "build", "chunk_spectrogram",
-    "load", "log_mel", "mel_filterbank", "mixer_rename", "newest_checkpoint", "pool_frames", "random_params",
-    "rearrange_tokens", "selective_scan", "sincos_pos_embed", "ssam_rename",
+    "AudioMamba", "Block", "EmbeddingOptions", "MambaMixer", "PRESETS", "RunOptions", "SSAMConfig", "SSAMEncoder",
+    "build", "chunk_spectrogram", "load", "log_mel", "mel_filterbank", "mixer_rename", "newest_checkpoint",
+    "option_classes", "pool_frames", "rearrange_tokens", "selective_scan", "sincos_pos_embed", "ssam_rename",
 ]

@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parrot_jax.encoders import checkpoints as ck
+from parrot_jax.encoders.options import split, to_json
 from parrot_jax.files import sha256_files
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -504,21 +505,48 @@ def pool(states: tuple[jax.Array, ...], last: jax.Array, frames: jax.Array, laye
 
 
 @dataclass(frozen=True)
-class Options:
-    """Encoder options (all have defaults: the paper's setting is the last hidden state, mean-pooled).
+class EmbeddingOptions:
+    """What changes the embedding (the paper's setting: the last hidden state, mean-pooled).
 
-    layer: "last" | int | sequence of L+1 weights | "all" (every hidden state, [L+1, dim] per utterance;
-        see :func:`pool`). pooling: "mean" | "mean+std".
+    layer: "last" | an index k into the hidden states | L+1 weights of a layer mix | "all" (every hidden
+        state, [L+1, dim] per utterance; see :func:`pool`).
+    pooling: "mean" | "mean+std".
+    """
+
+    layer: int | Literal["last", "all"] | tuple[float, ...] = "last"
+    pooling: Literal["mean", "mean+std"] = "mean"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, list):
+            object.__setattr__(self, "layer", tuple(float(w) for w in self.layer))
+        if self.pooling not in ("mean", "mean+std"):
+            raise ValueError(f"pooling={self.pooling!r}; expected 'mean' or 'mean+std'")
+        if isinstance(self.layer, str) and self.layer not in ("last", "all"):
+            raise ValueError(f"layer={self.layer!r}; expected 'last', 'all', an index or a list of weights")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the embedding is computed (never part of a feature set's identity).
+
     batch_size: most rows per compiled call (a last, smaller group is padded to a power of two rows).
     bucket_ratio: padded lengths lie on a geometric grid of this ratio (fewer compilations, < ratio-1 padding).
     compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
     """
 
-    layer: Any = "last"
-    pooling: str = "mean"
     batch_size: int = 4
     bucket_ratio: float = 1.1
     compilation_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1) or not self.bucket_ratio > 1.0:
+            raise ValueError(f"batch_size={self.batch_size}, bucket_ratio={self.bucket_ratio}; "
+                             "expected batch_size >= 1 and bucket_ratio > 1")
+
+
+def option_classes(name: str) -> tuple[type, type]:
+    """(embedding options, run options) of every wav2vec2-family encoder (WavLM's too)."""
+    return EmbeddingOptions, RunOptions
 
 
 class AttentionEncoder:
@@ -527,10 +555,11 @@ class AttentionEncoder:
     sample_rate = 16_000
 
     def __init__(self, name: str, folder: Path, model: Callable[[Wav2Vec2Config], nn.Module],
-                 expected_types: Sequence[str], options: Options):
+                 expected_types: Sequence[str], options: EmbeddingOptions = EmbeddingOptions(),
+                 run_options: RunOptions = RunOptions()):
         from transformers import Wav2Vec2FeatureExtractor
 
-        self.name, self.folder, self.options = name, Path(folder), options
+        self.name, self.folder, self.options, self.run_options = name, Path(folder), options, run_options
         self.config, self.params = load(self.folder, model, expected_types)
         if not (self.folder / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"{self.folder}: no preprocessor_config.json (feature-extractor settings)")
@@ -540,11 +569,6 @@ class AttentionEncoder:
                 f"{self.folder}/preprocessor_config.json: sampling_rate {fe.sampling_rate}; expected 16000")
         self.do_normalize = bool(fe.do_normalize)
         self._normalize = fe.zero_mean_unit_var_norm
-        if options.batch_size < 1 or options.bucket_ratio <= 1.0:
-            raise ValueError(f"batch_size={options.batch_size}, bucket_ratio={options.bucket_ratio}; "
-                             "expected batch_size >= 1 and bucket_ratio > 1")
-        if options.pooling not in ("mean", "mean+std"):
-            raise ValueError(f"pooling={options.pooling!r}; expected 'mean' or 'mean+std'")
         n_states = self.config.num_hidden_layers + 1
         if isinstance(options.layer, int) and not 0 <= options.layer < n_states:
             raise ValueError(f"layer={options.layer}; expected 0..{n_states - 1} or 'last'")
@@ -555,7 +579,7 @@ class AttentionEncoder:
         self.min_samples = self.config.min_samples
         self.dim = self.config.hidden_size * (2 if options.pooling == "mean+std" else 1)
         self.layers = n_states if options.layer == "all" else None  # rows are [layers, dim] when set
-        self.cache_dir = enable_compilation_cache(options.compilation_cache)
+        self.cache_dir = enable_compilation_cache(run_options.compilation_cache)
         module = model(self.config)
         layer = options.layer if isinstance(options.layer, (int, str)) else tuple(float(w) for w in options.layer)
 
@@ -588,10 +612,10 @@ class AttentionEncoder:
         xs = [self.prepare(w) for w in waves]
         out = np.zeros((len(xs), *((self.layers,) if self.layers else ()), self.dim), np.float32)
         order = sorted(range(len(xs)), key=lambda i: xs[i].size)
-        for start in range(0, len(order), self.options.batch_size):
-            idx = order[start: start + self.options.batch_size]
-            rows = min(1 << (len(idx) - 1).bit_length(), self.options.batch_size)
-            size = bucket_length(xs[idx[-1]].size, self._quantum, self.options.bucket_ratio)
+        for start in range(0, len(order), self.run_options.batch_size):
+            idx = order[start: start + self.run_options.batch_size]
+            rows = min(1 << (len(idx) - 1).bit_length(), self.run_options.batch_size)
+            size = bucket_length(xs[idx[-1]].size, self._quantum, self.run_options.bucket_ratio)
             wave = np.zeros((rows, size), np.float32)
             length = np.full((rows,), size, np.int32)  # filler rows: full-length silence (never all-masked)
             for r, i in enumerate(idx):
@@ -606,16 +630,16 @@ class AttentionEncoder:
         return sha256_files(checkpoint_files(self.folder))
 
     def metadata(self) -> dict[str, Any]:
-        opts = asdict(self.options)
-        opts["layer"] = opts["layer"] if isinstance(opts["layer"], (int, str)) else list(opts["layer"])
-        return {"name": self.name, "checkpoint": [p.name for p in checkpoint_files(self.folder)], "checkpoint_sha256": self.checkpoint_sha256,
-                "dim": self.dim, **({"layers": self.layers} if self.layers else {}),
-                "pooling": opts["pooling"], "layer": opts["layer"], "do_normalize": self.do_normalize,
-                "config": asdict(self.config), "options": opts}
+        return {"name": self.name, "family": "attention", "options": to_json(self.options),
+                "run_options": to_json(self.run_options), "checkpoint_sha256": self.checkpoint_sha256,
+                "checkpoint": [p.name for p in checkpoint_files(self.folder)], "dim": self.dim,
+                **({"layers": self.layers} if self.layers else {}),
+                "do_normalize": self.do_normalize, "config": asdict(self.config)}
 
 
 def build(name: str, checkpoint_folder: Path, **options: Any) -> AttentionEncoder:
     """Registry builder for wav2vec2-base, hubert-base, unispeech-sat-base, mms-1b (any size of these families)."""
+    embedding, running = split(name, options, EmbeddingOptions, RunOptions)
     return AttentionEncoder(name, checkpoint_folder, Wav2Vec2Model, ("wav2vec2", "hubert", "unispeech-sat"),
-                            Options(**options))
+                            embedding, running)
 

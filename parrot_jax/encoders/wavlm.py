@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parrot_jax.encoders.wav2vec2 import AttentionEncoder, Options, SelfAttention, Wav2Vec2Config, Wav2Vec2Model
+from parrot_jax.encoders.options import split
+from parrot_jax.encoders.wav2vec2 import (AttentionEncoder, EmbeddingOptions, RunOptions, SelfAttention,
+                                          Wav2Vec2Config, Wav2Vec2Model)
 
 
 @functools.lru_cache(maxsize=32)
@@ -77,6 +79,12 @@ def load(folder: Path) -> tuple[Wav2Vec2Config, Any]:
     return wav2vec2.load(folder, wavlm_model, ("wavlm",))
 
 
+def option_classes(name: str) -> tuple[type, type]:
+    """(embedding options, run options): the wav2vec2 family's."""
+    return EmbeddingOptions, RunOptions
+
+
 def build(name: str, checkpoint_folder: Path, **options: Any) -> AttentionEncoder:
-    """Registry builder for wavlm-base (and other WavLM sizes): see ``wav2vec2.Options`` for the options."""
-    return AttentionEncoder(name, checkpoint_folder, wavlm_model, ("wavlm",), Options(**options))
+    """Registry builder for wavlm-base (and other WavLM sizes): the options of the wav2vec2 family."""
+    embedding, running = split(name, options, EmbeddingOptions, RunOptions)
+    return AttentionEncoder(name, checkpoint_folder, wavlm_model, ("wavlm",), embedding, running)

@@ -1,0 +1,94 @@
+"""parrot_jax.config: the typed config tree, overrides of any depth refused when read, config files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parrot_jax.config import GridConfig, apply_overrides, load_config, model_config, train_config
+from parrot_jax.models import ModelConfig
+from parrot_jax.ot import SinkhornOptions
+from parrot_jax.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_parse_by_field_type():
+    config = apply_overrides(GridConfig(), ["seeds=0,1", "train.patience=none", "train.epochs=7", "ablations=true",
+                                            "protocol=speaker", "corpora=emodb", "model.dropout_rate=0.25"])
+    assert config.seeds == (0, 1) and config.ablations is True and config.protocol == "speaker"
+    assert config.train == TrainConfig(patience=None, epochs=7)
+    assert config.model.dropout_rate == 0.25 and config.corpora == ("emodb",)
+    assert config.table2_methods == ("concat", "parrot", "hadamard", "ot")
+    assert train_config(config).seeds == (0, 1) and model_config(config, 7).num_classes == 7
+    with pytest.raises(ValueError, match=r"override 'epoch=5': unknown key 'epoch'; known: run, features"):
+        apply_overrides(GridConfig(), ["epoch=5"])
+    with pytest.raises(ValueError, match=r"override 'ablations=maybe': ablations='maybe': expected true or false"):
+        apply_overrides(GridConfig(), ["ablations=maybe"])
+    with pytest.raises(ValueError, match=r"GridConfig.protocol: expected one of \('stratified', 'speaker', 'emobox'\), "
+                                         r"got 'loso'"):
+        apply_overrides(GridConfig(), ["protocol=loso"])
+    with pytest.raises(ValueError, match=r"protocol 'emobox' needs the split files' folder \(splits / --splits DIR\)"):
+        apply_overrides(GridConfig(), ["protocol=emobox"])
+    with pytest.raises(ValueError, match=r"metrics: unknown \['wer'\]; known: wa, acc"):
+        apply_overrides(GridConfig(), ["metrics=wa,wer"])
+    assert apply_overrides(GridConfig(), ["metrics=wa,ua,f1"]).metrics == ("wa", "ua", "f1")
+    with pytest.raises(ValueError, match=r"override 'folds': expected key=value"):
+        apply_overrides(GridConfig(), ["folds"])
+
+
+def test_depth_three_overrides_reach_the_sinkhorn_options():
+    config = apply_overrides(GridConfig(), ["model.sinkhorn.epsilon=0.1", "model.sinkhorn.threshold=none",
+                                            "model.sinkhorn.gradient=implicit", "model.filters=32,64"])
+    assert config.model.sinkhorn == SinkhornOptions(epsilon=0.1, threshold=None, gradient="implicit")
+    assert config.model.filters == (32, 64) and isinstance(config.model, ModelConfig)
+    assert model_config(config, 4).sinkhorn.epsilon == 0.1  # what every neural cell trains with
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.sinkhorn.epsilom=0.1", "override 'model.sinkhorn.epsilom=0.1': unknown key 'epsilom' in model.sinkhorn; "
+                                   "known: epsilon, max_iterations, threshold, gradient, ridge"),
+    ("train.patince=3", "override 'train.patince=3': unknown key 'patince' in train; known: epochs, batch_size, "),
+    ("model.sinkhorn=3", "override 'model.sinkhorn=3': model.sinkhorn is a group of settings; set one of "
+                         "model.sinkhorn.epsilon, "),
+    ("folds.k=3", "override 'folds.k=3': folds is an int, with no field 'k'"),
+    ("model.sinkhorn.gradient=fast", "override 'model.sinkhorn.gradient=fast': model.sinkhorn.gradient='fast': "
+                                     "expected one of 'implicit', 'unroll', 'stop'"),
+    ("model.sinkhorn.epsilon=-1", "override 'model.sinkhorn.epsilon=-1': model.sinkhorn.epsilon='-1': "
+                                  "SinkhornOptions.epsilon must be > 0, got -1.0"),
+    ("train.patience=soon", "override 'train.patience=soon': train.patience='soon': expected an int or none"),
+    ("train.seeds=1", "override 'train.seeds=1': train.seeds cannot be set: set the training seeds with seeds=..."),
+    ("model.num_classes=3", "override 'model.num_classes=3': model.num_classes cannot be set: it is each corpus's "),
+])
+def test_a_bad_override_is_refused_in_one_line_naming_the_key(override, message):
+    with pytest.raises(ValueError) as refused:
+        apply_overrides(GridConfig(), [override])
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_config_files_give_train_and_model_typed_or_as_dicts(tmp_path):
+    assert GridConfig(train={"epochs": 5}, model={"hidden": 8}).train == TrainConfig(epochs=5)
+    assert GridConfig(model={"sinkhorn": {"epsilon": 0.2}}).model.sinkhorn.epsilon == 0.2
+    with pytest.raises(ValueError, match=r"GridConfig.train: unknown fields \['epoch'\]; known: epochs, "):
+        GridConfig(train={"epoch": 5})
+    with pytest.raises(ValueError, match="GridConfig.train: set the seeds with GridConfig.seeds, not train.seeds"):
+        GridConfig(train=TrainConfig(seeds=(1, 2)))
+
+
+def test_config_files_load_and_record_their_source(tmp_path):
+    config, provenance = load_config(REPO / "experiments" / "configs" / "paper.py", ["folds=4"])
+    assert config.folds == 4 and config.protocol == "stratified" and config.train.epochs == 50
+    assert provenance["overrides"] == ["folds=4"]
+    assert provenance["source"] == (REPO / "experiments" / "configs" / "paper.py").read_text()
+    for name in ("demo.py", "emodb_classical.py"):
+        assert isinstance(load_config(REPO / "experiments" / "configs" / name)[0], GridConfig)
+    assert load_config("demo")[0] == load_config(REPO / "experiments" / "configs" / "demo.py")[0]
+    assert load_config(None)[0] == load_config("paper")[0] == config.__class__(**{**vars(config), "folds": 5})
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no get_config"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="config file not found: nope .*packaged configs: demo, "
+                                                "emodb_classical, paper"):
+        load_config("nope")
