@@ -17,7 +17,7 @@ import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from parrot_jax.models import ModelConfig
 from parrot_jax.text_values import field_names, set_path
@@ -75,10 +75,9 @@ class GridConfig:
         corpus's Table 2 PARROT cell with the highest mean accuracy).
     pack_cells: train up to this many neural cells of one corpus, method and feature shapes as one
         program (`training.train_cells`: members cell x seed x fold), e.g. Table 2's A(B)+W, A(B)+H,
-        A(B)+W2, A(B)+U. Results and cell files are those of the cells trained alone. 1 (default):
-        each cell alone. Worth it where one cell's folds x seeds leave devices idle (5 members on 8
-        GPUs, a TPU pod slice); on one device a bigger program is no faster per member (slower on CPU).
-        A kill loses the whole pack in flight.
+        A(B)+W2, A(B)+U. Results and cell files are those of the cells trained alone. "auto" (default):
+        as many as fit half the accelerator's free memory (`training.pack_size`), and 1 (each cell
+        alone) on CPU, where a bigger program measured slower per member. A kill loses the pack in flight.
     """
 
     run: str = "paper"
@@ -103,7 +102,7 @@ class GridConfig:
     checkpoints: bool = False
     tsne_methods: tuple[str, ...] = ("parrot",)
     figures: tuple[str, ...] = ("best",)
-    pack_cells: int = 1
+    pack_cells: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.train, Mapping):
@@ -132,8 +131,8 @@ class GridConfig:
             raise ValueError("GridConfig.seeds: expected at least one seed")
         if self.train.seeds != TrainConfig().seeds:
             raise ValueError("GridConfig.train: set the seeds with GridConfig.seeds, not train.seeds")
-        if not (isinstance(self.pack_cells, int) and self.pack_cells >= 1):
-            raise ValueError(f"GridConfig.pack_cells: expected an int >= 1, got {self.pack_cells!r}")
+        if self.pack_cells != "auto" and not (isinstance(self.pack_cells, int) and self.pack_cells >= 1):
+            raise ValueError(f"GridConfig.pack_cells: expected an int >= 1 or 'auto', got {self.pack_cells!r}")
 
     @property
     def table2_methods(self) -> tuple[str, ...]:

@@ -97,16 +97,33 @@ def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Call
 def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> list[list[Cell]]:
     """The cells in groups that train as one program: neural cells of the same corpus (so the same
     labels, folds and model config), method and feature shapes, at most ``config.pack_cells`` per
-    group, in the order of their first cell; every SVM cell alone."""
+    group (under "auto", `training.pack_size`: what fits the accelerator, 1 on CPU), in the order of
+    their first cell; every SVM cell alone."""
     groups: dict[tuple, list[list[Cell]]] = {}
+    limits: dict[tuple, int] = {}
     for i, cell in enumerate(cells):
         shapes = tuple(data[cell.corpus].matrices[e].shape for e in cell.encoders)
         key = ("alone", i) if cell.method == "svm" else (cell.corpus, cell.method, shapes)
+        if key not in limits:
+            limits[key] = pack_limit(config, cell, shapes, len(data[cell.corpus].class_names))
         packs = groups.setdefault(key, [[]])
-        if len(packs[-1]) == config.pack_cells:
+        if len(packs[-1]) == limits[key]:
             packs.append([])
         packs[-1].append(cell)
     return sorted((pack for packs in groups.values() for pack in packs), key=lambda pack: cells.index(pack[0]))
+
+
+def pack_limit(config: GridConfig, cell: Cell, shapes: tuple[tuple[int, ...], ...], num_classes: int) -> int:
+    """Most cells of `cell`'s method and feature `shapes` per program: ``config.pack_cells``, or under
+    "auto" what half the accelerator's free memory holds (members: seeds x folds each)."""
+    if config.pack_cells != "auto":
+        return config.pack_cells
+    if cell.method == "svm":
+        return 1
+    from parrot_jax.training import pack_size
+
+    members = len(config.seeds) * (config.folds if config.protocol != "emobox" else 1)
+    return pack_size(cell.method, model_config(config, num_classes), shapes, members, train_config(config))
 
 
 def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds, provenance: dict,

@@ -262,9 +262,10 @@ def member_bytes(kind: str, model_config: ModelConfig, dims: Sequence[int], batc
     return 4 * (7 * n_params + 2 * batch_size * activations)
 
 
-def pack_size(kind: str, model_config: ModelConfig, shapes: Sequence[tuple[int, int]], members_per_cell: int,
+def pack_size(kind: str, model_config: ModelConfig, shapes: Sequence[tuple[int, ...]], members_per_cell: int,
               config: TrainConfig = TrainConfig(), device: jax.Device | None = None, share: float = 0.5) -> int:
-    """How many cells of these feature ``shapes`` ([N, D_i] each) to train as one program (`train_cells`).
+    """How many cells of these feature ``shapes`` ([N, D_i] or [N, L+1, D_i] each) to train as one
+    program (`train_cells`).
 
     On CPU: 1 (packing measured no faster there, README "Benchmarks"). On an accelerator: as many as
     fit in ``share`` of the device's free memory (`device.memory_stats()`: bytes_limit - bytes_in_use),
@@ -275,8 +276,8 @@ def pack_size(kind: str, model_config: ModelConfig, shapes: Sequence[tuple[int, 
     if not stats or "bytes_limit" not in stats:
         return 1
     free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    per_cell = 4 * sum(n * d for n, d in shapes) + members_per_cell * member_bytes(
-        kind, model_config, [d for _, d in shapes], config.batch_size)
+    per_cell = 4 * sum(int(np.prod(shape)) for shape in shapes) + members_per_cell * member_bytes(
+        kind, model_config, [shape[-1] for shape in shapes], config.batch_size)
     return max(1, int(share * free // per_cell))
 
 

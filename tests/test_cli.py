@@ -50,8 +50,8 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str], command: str) -> str:
 
 @pytest.mark.parametrize("override,message", [
     ("foo=1", r"override 'foo=1': unknown key 'foo'; known: run, features"),
-    ("train.foo=1", r"train\.foo: TrainConfig has no field 'foo'; known: epochs, batch_size"),
-    ("folds=abc", r"override folds='abc': expected int"),
+    ("train.foo=1", r"override 'train\.foo=1': unknown key 'foo' in train; known: epochs, batch_size"),
+    ("folds=abc", r"override 'folds=abc': folds='abc': expected an int"),
     ("model.dropout_rate=2", r"ModelConfig\.dropout_rate must be in \[0, 1\), got 2"),
 ])  # fmt: skip
 def test_bad_overrides_are_one_line_in_runs_and_dry_runs(store, tmp_path, capsys, override, message):
