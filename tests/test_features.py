@@ -273,6 +273,7 @@ def test_interruption_while_finishing_resumes_without_recomputing(
     assert resumed.encoders[0].features_sha256 == reference.encoders[0].features_sha256
 
 
+@pytest.mark.slow
 def test_how_an_encoder_runs_is_not_part_of_a_store_entrys_identity(demo: Path, tmp_path: Path) -> None:
     """Moving the compilation-cache folder or changing the encoder's batch size re-extracts nothing; an
     embedding option (the layer) does, and the entry records the options."""
