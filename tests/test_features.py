@@ -381,6 +381,7 @@ def test_concurrent_extractions_never_publish_a_wrong_store(tmp_path: Path) -> N
         assert load_features(out, "demo", name).ids == tuple(u.id for u in load_manifest("demo", root))
 
 
+@pytest.mark.slow
 def test_how_an_encoder_runs_is_not_part_of_a_store_entrys_identity(demo: Path, tmp_path: Path) -> None:
     """Moving the compilation-cache folder or changing the encoder's batch size re-extracts nothing; an
     embedding option (the layer) does, and the entry records the options."""
