@@ -229,12 +229,8 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
     cells, notes = plan_cells(config, available_features(config.features))
     for note in notes:
         echo(note)
-    if not cells:
-        missing = f"no features to run under {config.features}/ (run `parrot extract` first)"
-        if not dry_run:
-            raise FileNotFoundError(missing)
-        echo(f"0 cells in {config.run_dir}: {missing}")
-        return GridOutcome([], {}, {}, {}, time.perf_counter() - t0)
+    if not cells:  # a dry run reports it too: it checks what a run would refuse
+        raise FileNotFoundError(f"no features to run under {config.features}/ (run `parrot extract` first)")
     cells_dir = config.run_dir / "cells"
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}
