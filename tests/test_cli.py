@@ -145,8 +145,8 @@ def test_a_second_csv_corpus_never_replaces_the_first(store, tmp_path, capsys):
 
 def test_grid_run_flag_names_the_run_folder(store, tmp_path, capsys):
     """`--run` is a config shorthand, not the subcommand's handler (they once shared `args.run`)."""
-    assert main(["grid", "--config", "demo", "--features", str(store), "--results", str(tmp_path),
-                 "--run", "named", "--dry-run"]) == 0
+    assert main(["grid", "--config", _config(tmp_path, store), "--results", str(tmp_path), "--run", "named",
+                 "--dry-run"]) == 0
     assert f"cells in {tmp_path / 'named'} (0 done)" in capsys.readouterr().out
 
 
