@@ -209,7 +209,7 @@ def test_pack_groups_follow_corpus_method_and_shapes():
     cells, _ = plan_cells(config, {"cremad": PAPER_ENCODERS})
     from parrot_jax.encoders import registry
 
-    data = {"cremad": CorpusData("cremad", [], np.zeros(2), (), None,
+    data = {"cremad": CorpusData("cremad", [], np.zeros(2), ("anger", "fear"), None,
                                  {e: np.zeros((2, registry.ENCODERS[e].dim), np.float32) for e in PAPER_ENCODERS},
                                  {}, {})}
     groups = grid.pack_groups(cells, config, data)
@@ -222,8 +222,8 @@ def test_pack_groups_follow_corpus_method_and_shapes():
     assert [[c.abbrev for c in g] for g in groups if g[0].method == "fcn"] == [
         ["A(T)"], ["A(S)"], ["A(B)"], ["W", "H", "W2", "U"], ["M"]]
     assert [c for g in groups for c in g if c.method == "concat"][0].abbrev == "A(T)+W"  # order kept
-    assert all(len(g) == 1 for g in grid.pack_groups(cells, GridConfig(), data))
-    with pytest.raises(ValueError, match="GridConfig.pack_cells: expected an int >= 1, got 0"):
+    assert all(len(g) == 1 for g in grid.pack_groups(cells, GridConfig(), data))  # "auto" on CPU: each alone
+    with pytest.raises(ValueError, match="GridConfig.pack_cells: expected an int >= 1 or 'auto', got 0"):
         GridConfig(pack_cells=0)
 
 
@@ -462,7 +462,7 @@ def test_layer_all_features_need_a_model_that_mixes_layers(tmp_path):
             "cell demo__fcn__wavlm-base: feature wavlm-base holds every layer [24, 3, 12] (layer=all), but method "
             "'fcn' cannot take it: its model has layer_mix='none'")):
         grid.run_grid(config, echo=lambda _: None)
-    mixing = dataclasses.replace(config, table2=("concat",), model={**config.model, "layer_mix": "softmax"})
+    mixing = dataclasses.replace(config, table2=("concat",), model=dataclasses.replace(config.model, layer_mix="softmax"))
     outcome = grid.run_grid(mixing, echo=lambda _: None)
     assert set(outcome.records) == {"demo__fcn__wavlm-base", "demo__fcn__hubert-base", "demo__concat__wavlm-base+hubert-base"}
     assert all(len(r["result"]["runs"]) == 3 for r in outcome.records.values())
