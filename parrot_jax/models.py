@@ -148,7 +148,7 @@ def _max_pool(x: jax.Array, size: int) -> jax.Array:
     """Max over non-overlapping windows along axis 1 of [B, L, C], dropping a trailing remainder.
 
     Same values as a strided max-pool; written as reshape + max because its gradient is much faster on
-    CPU than select-and-scatter (PERF_NOTES.md).
+    CPU than select-and-scatter (a branch's gradient measured 128 ms against 191 ms).
     """
     batch, length, channels = x.shape
     kept = length // size * size
