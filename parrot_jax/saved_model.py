@@ -56,11 +56,14 @@ class SavedModel:
                                     tuple(a[m] for a in self.standardizer.scale))
 
     def probabilities(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [N, C]: the members' mean softmax on rows of the encoders' features."""
+        """float32 [N, C]: the members' mean softmax on rows of the encoders' features ([N, D], or
+        [N, L+1, D] for an encoder's layer="all")."""
         for name, x in zip(self.encoders, features):
-            want = self.feature_metadata[name]["dim"]
-            if x.ndim != 2 or x.shape[1] != want:
-                raise ValueError(f"features of {name}: expected [N, {want}], got {list(x.shape)}")
+            meta = self.feature_metadata[name]  # "layers": the encoder's layer="all", rows [L+1, dim]
+            want = [meta["layers"], meta["dim"]] if "layers" in meta else [meta["dim"]]
+            if list(x.shape[1:]) != want:
+                shown = ", ".join(str(n) for n in ["N", *want])
+                raise ValueError(f"features of {name}: expected [{shown}], got {list(x.shape)}")
         probs = []
         for m in range(self.members):
             params, stats = self.member(m)

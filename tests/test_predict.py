@@ -193,3 +193,30 @@ def test_test_activations_come_from_the_fold_model_that_tested_each_row(corpus):
         np.testing.assert_allclose(acts[row], alone[0], atol=1e-5)
         other, other_stats = result.member(0, (f + 1) % len(folds))
         assert not np.allclose(acts[row], penultimate("fcn", config, other, [features[0][row : row + 1]], other_stats)[0])
+
+
+def test_a_model_of_every_layer_predicts_a_new_recording_as_its_stored_features(tmp_path):
+    """wav2vec2 features of every hidden state (layer=all) through a learned layer mix: a new recording is
+    embedded as [1, L+1, D] and predicted as its stored row."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.encoders import registry
+    from parrot_jax.extraction import extract
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "hf" / "wav2vec2"
+    root = generate_demo_corpus(tmp_path / "corpus", seed=0, n_speakers=3, n_texts=2)
+    extract("demo", root, registry.parse_encoders("wav2vec2-base:layer=all"), tmp_path / "features",
+            checkpoints={"wav2vec2-base": folder}, progress=False)
+    stored = load_features(tmp_path / "features", "demo", "wav2vec2-base")
+    assert stored.matrix.ndim == 3
+    mixing = {**SMALL_MODEL, "layer_mix": "softmax"}
+    model, _ = train_on_corpus(tmp_path / "features", "demo", "fcn", ["wav2vec2-base"], TINY, mixing,
+                               holdout=0.25, val_fraction=0.25)
+    model = load_model(save_model(tmp_path / "model", model))
+    row = 3
+    new = tmp_path / "new_recording.wav"
+    sf.write(new, load_audio(root / "wav" / f"{stored.ids[row]}.wav"), 16000, subtype="PCM_16")
+    [prediction] = predict_files(model, [new], {"wav2vec2-base": folder})
+    expected = model.probabilities([np.asarray(stored.matrix[row : row + 1])])[0]
+    np.testing.assert_allclose([prediction.probabilities[c] for c in model.class_names], expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"features of wav2vec2-base: expected \[N, \d+, \d+\], got \[1, \d+\]"):
+        model.probabilities([np.asarray(stored.matrix[row : row + 1, 0])])
