@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from parrot_jax.models import ModelConfig
-from parrot_jax.text_values import field_names, set_path
+from parrot_jax.text_values import field_names, field_value
 from parrot_jax.training import TrainConfig
 
 TABLE1_METHODS = ("svm", "fcn", "cnn")
@@ -189,7 +189,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:
     """Apply ``key=value`` strings, in order: ``folds=4``, ``seeds=0,1`` (tuples comma-separated),
     ``train.patience=none``, ``model.sinkhorn.epsilon=0.1`` (dotted keys of any depth). A ValueError in
-    one line names the override, the key and what it accepts."""
+    one line names the override, the key and what it accepts.
+
+    ``train`` / ``model`` check each value as it is set; GridConfig's own checks, some of which tie its
+    fields together (``protocol=emobox`` needs ``splits``), run once on the result, so the order of the
+    overrides does not matter."""
+    changed: dict[str, Any] = {}  # GridConfig field -> its new value
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -198,10 +203,14 @@ def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:
                 raise ValueError("expected key=value")
             if key in DERIVED:
                 raise ValueError(f"{key} cannot be set: {DERIVED[key]}")
-            config = set_path(config, key.split("."), text)
+            path = key.split(".")
+            changed[path[0]] = field_value(GridConfig, path, text, changed.get(path[0], getattr(config, path[0], None)))
         except ValueError as error:
             raise ValueError(f"override {item!r}: {error}") from None
-    return config
+    try:
+        return dataclasses.replace(config, **changed)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"overrides {', '.join(map(repr, overrides))}: {error}") from None
 
 
 def config_dict(config: GridConfig) -> dict:

@@ -10,7 +10,8 @@ A field's type hint says what its text may be:
   text is the empty tuple).
 
 `set_path(obj, ["model", "sinkhorn", "epsilon"], "0.1")` walks nested dataclasses and rebuilds them
-with `dataclasses.replace`, so their own checks run at once. Every refusal is one ValueError line naming
+with `dataclasses.replace`, so their own checks run at once; `field_value` gives the new value of the
+outermost field without rebuilding `obj` (for checks that must wait for several fields). Every refusal is one ValueError line naming
 the dotted key and what it accepts.
 """
 
@@ -78,24 +79,28 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def set_path(obj: Any, path: Sequence[str], text: str, prefix: str = "") -> Any:
-    """A copy of the dataclass `obj` with the field at `path` (nested dataclasses) set from `text`."""
+def field_value(cls: type, path: Sequence[str], text: str, current: Any = None, prefix: str = "") -> Any:
+    """The value field ``path[0]`` of the dataclass `cls` takes when the leaf at `path` is set from `text`;
+    `current`: that field's present value (the nested dataclass a dotted path goes into)."""
     name, key = path[0], f"{prefix}{path[0]}"
-    hints = typing.get_type_hints(type(obj))
-    known = field_names(type(obj))
+    known = field_names(cls)
     if name not in known:
         where = f" in {prefix.rstrip('.')}" if prefix else ""
         raise ValueError(f"unknown key {name!r}{where}; known: {', '.join(known)}")
-    kind = hints[name]
+    kind = typing.get_type_hints(cls)[name]
     if dataclasses.is_dataclass(kind):
         if len(path) == 1:
             raise ValueError(f"{key} is a group of settings; set one of {', '.join(f'{key}.{n}' for n in field_names(kind))}")
-        value = set_path(getattr(obj, name), path[1:], text, f"{key}.")
-    elif len(path) > 1:
+        return set_path(current, path[1:], text, f"{key}.")
+    if len(path) > 1:
         raise ValueError(f"{key} is {describe(kind)}, with no field {path[1]!r}")
-    else:
-        value = parse_value(key, kind, text)
+    return parse_value(key, kind, text)
+
+
+def set_path(obj: Any, path: Sequence[str], text: str, prefix: str = "") -> Any:
+    """A copy of the dataclass `obj` with the field at `path` (nested dataclasses) set from `text`."""
+    value = field_value(type(obj), path, text, getattr(obj, path[0], None), prefix)
     try:
-        return dataclasses.replace(obj, **{name: value})
+        return dataclasses.replace(obj, **{path[0]: value})
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{key}={text.strip()!r}: {error}") from None
+        raise ValueError(f"{prefix}{path[0]}={text.strip()!r}: {error}") from None
