@@ -170,7 +170,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             if not stored:
                 raise FileNotFoundError(f"no features of corpus {args.corpus!r} in {args.features} (run `parrot "
                                         f"extract --corpus {args.corpus} --out {args.features}` first)")
-            encoders = args.encoders.split(",") if args.encoders else encoder_order(stored)
+            encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else \
+                encoder_order(stored)
             missing = [e for e in encoders if e not in stored]
             if missing:
                 raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in {args.features}")

@@ -94,18 +94,21 @@ def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Call
     return bar, progress
 
 
-def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> list[list[Cell]]:
+def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData],
+                folds: dict[str, Sequence]) -> list[list[Cell]]:
     """The cells in groups that train as one program: neural cells of the same corpus (so the same
     labels, folds and model config), method and feature shapes, at most ``config.pack_cells`` per
-    group (under "auto", `training.pack_size`: what fits the accelerator, 1 on CPU), in the order of
-    their first cell; every SVM cell alone."""
+    group (under "auto", `training.pack_size`: what fits the accelerator, 1 on CPU, a cell holding a
+    member per seed and fold of its corpus's `folds`), in the order of their first cell; every SVM cell
+    alone."""
     groups: dict[tuple, list[list[Cell]]] = {}
     limits: dict[tuple, int] = {}
     for i, cell in enumerate(cells):
         shapes = tuple(data[cell.corpus].matrices[e].shape for e in cell.encoders)
         key = ("alone", i) if cell.method == "svm" else (cell.corpus, cell.method, shapes)
         if key not in limits:
-            limits[key] = pack_limit(config, cell, shapes, len(data[cell.corpus].class_names))
+            members = len(config.seeds) * len(folds[cell.corpus])
+            limits[key] = pack_limit(config, cell, shapes, len(data[cell.corpus].class_names), members)
         packs = groups.setdefault(key, [[]])
         if len(packs[-1]) == limits[key]:
             packs.append([])
@@ -113,7 +116,8 @@ def pack_groups(cells: Sequence[Cell], config: GridConfig, data: dict[str, Corpu
     return sorted((pack for packs in groups.values() for pack in packs), key=lambda pack: cells.index(pack[0]))
 
 
-def pack_limit(config: GridConfig, cell: Cell, shapes: tuple[tuple[int, ...], ...], num_classes: int) -> int:
+def pack_limit(config: GridConfig, cell: Cell, shapes: tuple[tuple[int, ...], ...], num_classes: int,
+               members: int) -> int:
     """Most cells of `cell`'s method and feature `shapes` per program: ``config.pack_cells``, or under
     "auto" what half the accelerator's free memory holds (members: seeds x folds each)."""
     if config.pack_cells != "auto":
@@ -122,7 +126,6 @@ def pack_limit(config: GridConfig, cell: Cell, shapes: tuple[tuple[int, ...], ..
         return 1
     from parrot_jax.training import pack_size
 
-    members = len(config.seeds) * (config.folds if config.protocol != "emobox" else 1)
     return pack_size(cell.method, model_config(config, num_classes), shapes, members, train_config(config))
 
 
@@ -260,7 +263,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
         for stale in cells_dir.glob(".*.tmp-*"):  # left by a killed run: never a finished cell
             stale.unlink()
     todo = [c for c in cells if status[c.name] != "done"]
-    groups = pack_groups(todo, config, data)
+    groups = pack_groups(todo, config, data, folds)
     packed = f" as {len(groups)} program(s) (pack_cells={config.pack_cells})" if len(groups) < len(todo) else ""
     echo(f"{len(cells)} cells: {len(cells) - len(todo)} done and unchanged (skipped), {len(todo)} to run{packed}")
     with tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True, disable=not writer) as bar:

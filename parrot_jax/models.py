@@ -32,7 +32,7 @@ treat rows independently.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping, Sequence
 
 import flax.linen as nn
@@ -131,7 +131,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any]) -> "ModelConfig":
-        """The inverse of `to_dict` (lists back to tuples, ``sinkhorn`` a dict of `SinkhornOptions` fields)."""
+        """The inverse of `to_dict` (lists back to tuples, ``sinkhorn`` a dict of `SinkhornOptions` fields);
+        an unknown field is a ValueError naming it and the known ones."""
+        for kind, given in ((cls, options), (SinkhornOptions, options.get("sinkhorn") or {})):
+            known = [f.name for f in fields(kind)]
+            unknown = sorted(set(given) - set(known)) if isinstance(given, Mapping) else []
+            if unknown:
+                raise ValueError(f"{kind.__name__}: unknown fields {unknown}; known: {', '.join(known)}")
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         if isinstance(options.get("sinkhorn"), Mapping):
             options["sinkhorn"] = SinkhornOptions(**options["sinkhorn"])

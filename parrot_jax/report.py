@@ -341,8 +341,8 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = "accuracy" if any(r.metric == "accuracy" for r in rows) else rows[0].metric
-    acc = [r for r in rows if r.metric == shown]
+    metric = "accuracy" if any(r.metric == "accuracy" for r in rows) else rows[0].metric
+    acc = [r for r in rows if r.metric == metric]
     corpora = _corpus_order(acc)
     method_order = TABLE1_METHODS if table == 1 else TABLE2_METHODS
     labels = _row_order(acc, row_order)
@@ -363,7 +363,7 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
         ax.set_yticks(y, [f"{METHOD_TITLES.get(m, m)} {lab}" for m, lab in shown], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.set_xlabel(f"{shown} (%)")
+        ax.set_xlabel(f"{metric} (%)")
         ax.set_title(PAPER_CORPORA.get(corpus, corpus))
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)

@@ -84,12 +84,17 @@ def from_cell(result: CellResult, model_config: ModelConfig, encoders: Sequence[
 
 
 def save_model(path: str | Path, model: SavedModel) -> Path:
-    """Write `model` to the folder `path` (replacing what is there); model.json last. Only the calling
-    process writes, and it waits for no other (under several processes, call it on one)."""
+    """Write `model` to the folder `path` (replacing a saved model there, never other files); model.json
+    last. Only the calling process writes, and it waits for no other (under several processes, call it
+    on one)."""
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
     if path.exists():
+        other = sorted(set(p.name for p in path.iterdir()) - {"model.json", "state"}) if path.is_dir() else [path.name]
+        if other:
+            raise ValueError(f"{path} holds other things than a saved model ({', '.join(other[:3])}); save the "
+                             "model to a new or empty folder")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     tree = {"params": model.params}

@@ -212,7 +212,7 @@ def test_pack_groups_follow_corpus_method_and_shapes():
     data = {"cremad": CorpusData("cremad", [], np.zeros(2), ("anger", "fear"), None,
                                  {e: np.zeros((2, registry.ENCODERS[e].dim), np.float32) for e in PAPER_ENCODERS},
                                  {}, {})}
-    groups = grid.pack_groups(cells, config, data)
+    groups = grid.pack_groups(cells, config, data, {"cremad": [None] * 5})
     assert sorted(c.name for g in groups for c in g) == sorted(c.name for c in cells)  # each cell once
     assert all(len(g) == 1 for g in groups if g[0].method == "svm")
     abbrevs = [[c.abbrev for c in g] for g in groups if g[0].method == "parrot"]
@@ -222,7 +222,7 @@ def test_pack_groups_follow_corpus_method_and_shapes():
     assert [[c.abbrev for c in g] for g in groups if g[0].method == "fcn"] == [
         ["A(T)"], ["A(S)"], ["A(B)"], ["W", "H", "W2", "U"], ["M"]]
     assert [c for g in groups for c in g if c.method == "concat"][0].abbrev == "A(T)+W"  # order kept
-    assert all(len(g) == 1 for g in grid.pack_groups(cells, GridConfig(), data))  # "auto" on CPU: each alone
+    assert all(len(g) == 1 for g in grid.pack_groups(cells, GridConfig(), data, {"cremad": [None] * 5}))  # "auto" on CPU: each alone
     with pytest.raises(ValueError, match="GridConfig.pack_cells: expected an int >= 1 or 'auto', got 0"):
         GridConfig(pack_cells=0)
 

@@ -302,3 +302,12 @@ def test_stacked_input_refused_without_layer_mix():
         fixed.apply({"params": params}, (jnp.zeros((6, 3, 21)),))
     with pytest.raises(ValueError, match=r"ModelConfig.layer_mix must be one of \('none', 'softmax'\), got 'mean'"):
         ModelConfig(num_classes=3, layer_mix="mean")
+
+
+def test_model_config_from_dict_names_an_unknown_field():
+    with pytest.raises(ValueError, match=r"SinkhornOptions: unknown fields \['epsilom'\]; known: epsilon"):
+        ModelConfig.from_dict({"num_classes": 4, "sinkhorn": {"epsilom": 0.1}})
+    with pytest.raises(ValueError, match=r"ModelConfig: unknown fields \['dropout'\]; known: num_classes"):
+        ModelConfig.from_dict({"num_classes": 4, "dropout": 0.1})
+    config = ModelConfig(num_classes=4)
+    assert ModelConfig.from_dict(config.to_dict()) == config

@@ -69,6 +69,12 @@ def test_save_and_load_keep_params_exactly(corpus, saved, tmp_path):
                     np.concatenate([np.ravel(x) for x in _leaves(again.params)])):
         assert a == b
     np.testing.assert_array_equal(model.standardizer.mean[0], again.standardizer.mean[0])
+    assert load_model(save_model(tmp_path / "copy", model)).members == model.members  # a saved model is replaced
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table1.md").write_text("keep me")
+    with pytest.raises(ValueError, match=r"results holds other things than a saved model \(table1\.md\)"):
+        save_model(tmp_path / "results", model)
+    assert (tmp_path / "results" / "table1.md").read_text() == "keep me"
 
 
 def _leaves(tree):

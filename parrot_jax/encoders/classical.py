@@ -42,8 +42,11 @@ class MfccOptions:
     deltas: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.n_mfcc, int) and isinstance(self.n_mels, int) and 1 <= self.n_mfcc <= self.n_mels):
+        counts = (self.n_mfcc, self.n_mels)
+        if not (all(isinstance(n, int) and not isinstance(n, bool) for n in counts) and 1 <= self.n_mfcc <= self.n_mels):
             raise ValueError(f"need ints 1 <= n_mfcc <= n_mels, got n_mfcc={self.n_mfcc!r}, n_mels={self.n_mels!r}")
+        if not isinstance(self.deltas, bool):
+            raise ValueError(f"deltas must be true or false, got {self.deltas!r}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class LogmelOptions:
     n_mels: int = 64
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.n_mels, int) and self.n_mels >= 1):
+        if not (isinstance(self.n_mels, int) and not isinstance(self.n_mels, bool) and self.n_mels >= 1):
             raise ValueError(f"n_mels must be an int >= 1, got {self.n_mels!r}")
 
 

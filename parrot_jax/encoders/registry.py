@@ -153,6 +153,8 @@ def parse_encoders(text: str) -> list[EncoderSpec]:
         kind = next((typing.get_type_hints(c)[key] for c in classes if key in field_names(c)), None)
         if kind is None:
             raise ValueError(f"encoder {spec.name!r}: unknown option {key!r}; it takes {known(*classes)}")
+        if key in spec.options:
+            raise ValueError(f"encoder {spec.name!r}: option {key!r} given twice")
         spec.options[key] = parse_value(f"{spec.name}:{key}", kind, value, separator="/")
     if not specs:
         raise ValueError(f"no encoder named in {text!r}")

@@ -517,7 +517,7 @@ class EmbeddingOptions:
     pooling: Literal["mean", "mean+std"] = "mean"
 
     def __post_init__(self) -> None:
-        if isinstance(self.layer, list):
+        if isinstance(self.layer, (list, tuple)):  # a layer mix: weights as floats, one spelling per identity
             object.__setattr__(self, "layer", tuple(float(w) for w in self.layer))
         if self.pooling not in ("mean", "mean+std"):
             raise ValueError(f"pooling={self.pooling!r}; expected 'mean' or 'mean+std'")
@@ -574,18 +574,14 @@ class AttentionEncoder:
             raise ValueError(f"layer={options.layer}; expected 0..{n_states - 1} or 'last'")
         if not isinstance(options.layer, (int, str)) and len(options.layer) != n_states:
             raise ValueError(f"layer weights: {len(options.layer)} given; expected {n_states} (one per hidden state)")
-        if isinstance(options.layer, str) and options.layer not in ("last", "all"):
-            raise ValueError(f"layer={options.layer!r}; expected 'last', 'all', an index or a list of weights")
         self.min_samples = self.config.min_samples
         self.dim = self.config.hidden_size * (2 if options.pooling == "mean+std" else 1)
         self.layers = n_states if options.layer == "all" else None  # rows are [layers, dim] when set
         self.cache_dir = enable_compilation_cache(run_options.compilation_cache)
         module = model(self.config)
-        layer = options.layer if isinstance(options.layer, (int, str)) else tuple(float(w) for w in options.layer)
-
         def embed(params: Any, wave: jax.Array, length: jax.Array) -> jax.Array:
             states, last, frames = module.apply({"params": params}, wave, length)
-            return pool(states, last, frames, layer, options.pooling)
+            return pool(states, last, frames, options.layer, options.pooling)
 
         self._embed = self._embed_one_device = jax.jit(embed)
         self._quantum = int(np.prod(self.config.conv_stride))
