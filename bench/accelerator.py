@@ -56,7 +56,8 @@ from train_folds import matmul_peak, train_flops_per_row  # noqa: E402
 from parrot_jax.models import CNNBranch, ModelConfig, build_model  # noqa: E402
 from parrot_jax.ot import SinkhornOptions, normalized_cost  # noqa: E402
 from parrot_jax.splits import make_folds  # noqa: E402
-from parrot_jax.training import TrainConfig, enable_compilation_cache, train_cell  # noqa: E402
+from parrot_jax.compilation_cache import enable_compilation_cache  # noqa: E402
+from parrot_jax.training import TrainConfig, train_cell  # noqa: E402
 
 FULL = {"dims": (3840, 768), "emodb": (535, 7), "cremad": (7442, 6), "mesd": (864, 6), "epochs": 50, "cremad_epochs": 5}
 TINY = {"dims": (96, 48), "emodb": (120, 7), "cremad": (300, 6), "mesd": (140, 6), "epochs": 3, "cremad_epochs": 2}

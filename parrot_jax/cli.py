@@ -118,7 +118,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
     from parrot_jax import distributed as dist
     from parrot_jax.config import load_config
     from parrot_jax.grid import run_grid
-    from parrot_jax.training import enable_compilation_cache
+    from parrot_jax.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     config, provenance = load_config(args.config, grid_overrides(args))

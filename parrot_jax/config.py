@@ -113,7 +113,7 @@ class GridConfig:
         if not isinstance(self.train, TrainConfig) or not isinstance(self.model, ModelConfig):
             raise TypeError(f"GridConfig: train must be a TrainConfig and model a ModelConfig (or dicts of their "
                             f"fields), got {type(self.train).__name__} and {type(self.model).__name__}")
-        from parrot_jax.report import metric_keys
+        from parrot_jax.metrics import metric_keys
         from parrot_jax.splits import ALL_PROTOCOLS
 
         if self.protocol not in ALL_PROTOCOLS:

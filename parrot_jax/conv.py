@@ -17,7 +17,10 @@ kernel) is carried out:
 
 Why: XLA:CPU runs grouped convolutions slowly. A PARROT branch's gradient (dims 3840, batch 32, 5 members)
 took 843 ms with the grouped form and 700 ms with "loop" (one member alone: 116 ms; jax 0.10.2, 2 CPU
-cores; bench/train_step.py). GPU/TPU keep JAX's rule (not measured here).
+cores; bench/train_step.py). Off a single CPU device "auto" takes "matmul", so that members run on
+an accelerator's matrix units (the design's choice; not yet measured on a GPU). On
+one CPU device "matmul" measured slower than "loop" (2664 vs 2024 ms, `bench/train_step.py --parts
+conv`, loaded machine), so "loop" stays there.
 
 For "loop" and "grouped" the gradient is a `jax.custom_vjp` whose two backward convolutions (d/dx,
 d/dkernel) are themselves batched by the same rule: reverse mode, first order, is all that is defined.

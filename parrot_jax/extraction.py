@@ -222,15 +222,16 @@ def _load_waves(
     return waves, notes
 
 
-def _write_matrix(path: Path, chunks: Sequence[np.ndarray], row_shape: tuple[int, ...]) -> None:
-    """Concatenate `chunks` into the .npy `path` atomically, without holding the whole matrix in memory."""
+def _write_matrix(path: Path, chunks: Sequence[Path], n_rows: int, row_shape: tuple[int, ...]) -> None:
+    """Concatenate the chunk files' rows into the .npy `path` atomically, one chunk in memory at a time."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (sum(len(c) for c in chunks), *row_shape)}
+              "shape": (n_rows, *row_shape)}
 
     def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, header)
-        for rows in chunks:
-            f.write(np.ascontiguousarray(rows, np.float32).tobytes())
+        for chunk in chunks:
+            with np.load(chunk, allow_pickle=False) as saved:
+                f.write(np.ascontiguousarray(saved["rows"], np.float32).tobytes())
 
     atomic_write(path, write)
 
@@ -243,14 +244,13 @@ def _finish(
     Refuses (ValueError, nothing published) chunks whose utterance ids are not exactly the manifest's,
     in order, or whose row counts differ from their accepted files."""
     encoder, n_chunks = job.encoder, -(-len(manifest) // batch_size)
-    rows, accepted, reasons, ids, notes = [], [], [], [], []
-    for k in range(n_chunks):
-        path = _chunk_path(job.partial, k)
+    chunks = [_chunk_path(job.partial, k) for k in range(n_chunks)]
+    accepted, reasons, ids, notes = [], [], [], []
+    for path in chunks:  # the rows are read again, one chunk at a time, by _write_matrix
         with np.load(path, allow_pickle=False) as chunk:
             if len(chunk["rows"]) != int(chunk["accepted"].sum()):
                 raise ValueError(f"{path}: {len(chunk['rows'])} rows for {int(chunk['accepted'].sum())} accepted "
                                  f"files; not publishing {encoder.name!r} (delete {job.partial} and extract again)")
-            rows.append(chunk["rows"])
             accepted += chunk["accepted"].tolist()
             reasons += chunk["reasons"].tolist()
             ids += chunk["ids"].tolist()
@@ -266,7 +266,7 @@ def _finish(
     if len(rejects) == len(manifest):
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
     npy = store / f"{encoder.name}.npy"
-    _write_matrix(npy, rows, registry.row_shape(encoder))
+    _write_matrix(npy, chunks, sum(accepted), registry.row_shape(encoder))
     cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
     tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
@@ -51,7 +53,14 @@ METRIC_ALIASES: dict[str, str] = {
     "f1": "macro_f1", "macro_f1": "macro_f1",
     "micro_f1": "micro_f1",
 }  # fmt: skip
-METRIC_KEYS: tuple[str, ...] = ("accuracy", "uar", "macro_f1", "micro_f1")
+
+
+def metric_keys(metrics: Sequence[str]) -> list[str]:
+    """The record keys of metric names (``wa`` -> ``accuracy``); ValueError naming an unknown one."""
+    unknown = [m for m in metrics if m not in METRIC_ALIASES]
+    if unknown or not metrics:
+        raise ValueError(f"metrics: unknown {unknown or 'empty list'}; known: {', '.join(METRIC_ALIASES)}")
+    return [METRIC_ALIASES[m] for m in metrics]
 
 
 def from_confusion(confusion_matrix_: np.ndarray) -> dict[str, float]:

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from parrot_jax.metrics import METRIC_ALIASES, from_confusion
+from parrot_jax.metrics import METRIC_ALIASES, from_confusion, metric_keys
 from parrot_jax.significance import ALPHA, PairedTest, paired_tests
 
 PAPER_TABLES = Path(__file__).resolve().parent / "paper_tables.csv"  # package data
@@ -140,14 +140,6 @@ class TableRow:
     @property
     def diff(self) -> float | None:
         return None if self.paper is None else self.mean - self.paper
-
-
-def metric_keys(metrics: Sequence[str]) -> list[str]:
-    """The record keys of metric names (``wa`` -> ``accuracy``); ValueError naming an unknown one."""
-    unknown = [m for m in metrics if m not in METRIC_ALIASES]
-    if unknown or not metrics:
-        raise ValueError(f"metrics: unknown {unknown or 'empty list'}; known: {', '.join(METRIC_ALIASES)}")
-    return [METRIC_ALIASES[m] for m in metrics]
 
 
 def table_rows(

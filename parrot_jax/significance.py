@@ -29,7 +29,6 @@ from scipy import stats
 ALPHA = 0.05
 #: Fewest runs (non-zero differences for Wilcoxon) at which each test gives a p-value.
 MIN_RUNS: dict[str, int] = {"corrected_t": 2, "wilcoxon": 6}
-TESTS: tuple[str, ...] = ("corrected_t", "wilcoxon")
 
 
 @dataclass(frozen=True)

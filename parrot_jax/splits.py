@@ -9,7 +9,6 @@ Nothing in ``test`` ever appears in ``train`` or ``val``; under ``protocol="spea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from parrot_jax.corpora import LABELS, vocabulary_label
+from parrot_jax.files import sha256_file
 
 Protocol = Literal["stratified", "speaker"]
 PROTOCOLS: tuple[str, ...] = ("stratified", "speaker")
@@ -303,8 +303,4 @@ def split_file_hashes(splits: str | Path) -> dict[str, str]:
     splits = Path(splits)
     paths = [path for parts in _split_files(splits).values() for path in parts.values()]
     paths += [splits / "label_map.json"] if (splits / "label_map.json").is_file() else []
-    return {path.relative_to(splits).as_posix(): _sha256(path) for path in sorted(paths)}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return {path.relative_to(splits).as_posix(): sha256_file(path) for path in sorted(paths)}

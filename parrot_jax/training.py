@@ -29,10 +29,8 @@ ascending row order, ``eval_batch_size`` at a time, the last batch padded and ma
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import jax
@@ -217,28 +215,6 @@ class CellResult:
             "summary": self.summary(),
             "runs": [r.to_json() for r in self.runs],
         }
-
-
-def enable_compilation_cache(path: str | Path | None = None) -> Path:
-    """Send every compiled program of this process to JAX's persistent compilation cache at ``path``
-    (default ``$XDG_CACHE_HOME/parrot_jax/jax`` or ``~/.cache/parrot_jax/jax``, the encoders' folder),
-    unless the user already set a folder; returns the folder in use.
-
-    Opt-in: the library never calls it; the grid command and the benchmarks do. A second process
-    training cells of the same shapes loads their executables (on a GPU with XLA's tuned
-    convolutions) instead of compiling them. Programs of any compile time are kept (JAX's default
-    keeps only those over 1 s), since a cell's small programs (init, evaluation) add up too.
-    """
-    current = jax.config.jax_compilation_cache_dir
-    if current and path is None:
-        target = Path(current)
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        target = Path(path) if path is not None else base / "parrot_jax" / "jax"
-        target.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(target))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return target
 
 
 def member_bytes(kind: str, model_config: ModelConfig, dims: Sequence[int], batch_size: int = 32) -> int:

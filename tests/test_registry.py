@@ -29,6 +29,7 @@ def test_an_encoder_list_carries_each_encoders_options():
     ("layer=6,wavlm-base", "encoder option 'layer=6' comes before any encoder name"),
     ("wavlm", "unknown encoder 'wavlm'; known: "),
     ("mfcc-stats,mfcc-stats", "encoders given twice: mfcc-stats, mfcc-stats"),
+    ("mfcc-stats:n_mfcc=20,n_mfcc=30", "encoder 'mfcc-stats': option 'n_mfcc' given twice"),
 ])
 def test_a_bad_encoder_list_is_refused_naming_the_encoder_and_its_options(text, message):
     with pytest.raises(ValueError) as refused:
@@ -42,3 +43,19 @@ def test_build_refuses_unknown_options_naming_what_the_family_takes():
         registry.build("mfcc-stats", n_fft=512)
     assert registry.build("mfcc-stats", n_mfcc=20).metadata()["options"] == {"n_mfcc": 20, "n_mels": 64,
                                                                               "deltas": True}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"deltas": "no"}, "deltas must be true or false, got 'no'"),
+    ({"n_mfcc": True}, "need ints 1 <= n_mfcc <= n_mels, got n_mfcc=True"),
+])
+def test_mfcc_options_refuse_values_of_another_type(options, message):
+    with pytest.raises(ValueError, match=message):
+        registry.build("mfcc-stats", **options)
+
+
+def test_a_layer_mix_is_one_identity_however_its_weights_are_written():
+    from parrot_jax.encoders.wav2vec2 import EmbeddingOptions
+
+    as_ints, as_floats = EmbeddingOptions(layer=(1, 0, 0)), EmbeddingOptions(layer=[1.0, 0.0, 0.0])
+    assert as_ints == as_floats and all(type(w) is float for w in as_ints.layer)

@@ -304,7 +304,8 @@ from jax import monitoring
 sys.path.insert(0, sys.argv[2])
 from test_training import _config, _problem
 from parrot_jax.splits import make_folds
-from parrot_jax.training import TrainConfig, enable_compilation_cache, train_cell
+from parrot_jax.compilation_cache import enable_compilation_cache
+from parrot_jax.training import TrainConfig, train_cell
 counts = {"hits": 0, "misses": 0}
 def listen(event, **kwargs):
     for name in counts:

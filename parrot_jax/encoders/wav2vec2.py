@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from parrot_jax.compilation_cache import enable_compilation_cache
 from parrot_jax.encoders import checkpoints as ck
 from parrot_jax.encoders.options import split, to_json
 from parrot_jax.files import sha256_files
@@ -455,19 +455,6 @@ def load(folder: Path, model: Callable[[Wav2Vec2Config], nn.Module] | None = Non
 
 # ---------------------------------------------------------------------------------------------------
 # batching, pooling, the Encoder
-
-
-def enable_compilation_cache(path: str | Path | None = None) -> Path:
-    """Point JAX's persistent compilation cache at `path` (default ``$XDG_CACHE_HOME/parrot_jax/jax`` or
-    ``~/.cache/parrot_jax/jax``), unless the user already set one; returns the directory in use."""
-    current = jax.config.jax_compilation_cache_dir
-    if current and path is None:
-        return Path(current)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    target = Path(path) if path is not None else base / "parrot_jax" / "jax"
-    target.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(target))
-    return target
 
 
 def bucket_length(n: int, quantum: int, ratio: float) -> int:
