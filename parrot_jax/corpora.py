@@ -222,7 +222,7 @@ def _from_csv(root: Path) -> list[Utterance]:
     return utterances
 
 
-_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a name that can name a file or folder as it is
 
 
 def corpus_name(corpus: str, root: Path, name: str | None = None) -> str:
@@ -236,7 +236,7 @@ def corpus_name(corpus: str, root: Path, name: str | None = None) -> str:
             name = root.stem
         else:
             name = (root.parent if root.suffix.lower() == ".csv" else root).resolve().name
-    if not _STORE_NAME.match(name):
+    if not FILE_NAME.match(name):
         raise ValueError(f"corpus name {name!r} cannot name a folder; expected letters, digits, '.', '_', '-' "
                          "(set one with --name)")
     return name

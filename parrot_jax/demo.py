@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from parrot_jax.config import CONFIGS, load_config, train_config
+from parrot_jax.config import load_config, train_config
 from parrot_jax.grid import run_grid
 
 ENCODERS = ("mfcc-stats", "logmel-stats")
-DEMO_CONFIG = CONFIGS / "demo.py"
 BANNER = (
     "parrot demo: the synthetic demo corpus (4 emotions) through the whole pipeline.\n"
     "Two classical feature sets, MFCC statistics (mfcc-stats) and log-mel statistics (logmel-stats), stand in\n"
@@ -41,7 +40,7 @@ def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int =
 
     overrides = [f"features={out / 'features'}", f"results={out.parent}", f"run={out.name}"]
     overrides += [f"train.epochs={epochs}"] if epochs is not None else []
-    config, provenance = load_config(DEMO_CONFIG, overrides)
+    config, provenance = load_config("demo", overrides)
     outcome = run_grid(config, provenance)
     for table, text in outcome.tables.items():
         print(f"\n## Table {table} (demo corpus, {config.protocol} {config.folds}-fold)\n\n{text}")

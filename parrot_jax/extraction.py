@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ import numpy as np
 
 from parrot_jax import __version__
 from parrot_jax.audio import NOTES, AudioError, check_length, read_audio
-from parrot_jax.corpora import Utterance, audio_folder, corpus_name, demo_corpus_root, load_manifest, resolve_inside
+from parrot_jax.corpora import (
+    FILE_NAME, Utterance, audio_folder, corpus_name, demo_corpus_root, load_manifest, resolve_inside,
+)
 from parrot_jax.encoders import registry
 from parrot_jax.features import FORMAT_VERSION, fingerprint, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
@@ -39,7 +40,6 @@ from parrot_jax.locks import exclusive
 
 ON_ERROR = ("raise", "skip")
 CHUNK_FORMAT = 2  # of the partial chunks: rows, accepted, reasons, ids, notes
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -380,7 +380,7 @@ def _extract(
     built = [_build(e, checkpoints) for e in encoders]
     names = [e.name for e in built]
     for name in names:
-        if not _NAME.match(name):
+        if not FILE_NAME.match(name):
             raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
     if len(set(names)) != len(names):
         raise ValueError(f"encoders given twice: {names}")

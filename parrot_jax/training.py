@@ -347,8 +347,7 @@ class _Programs:
         self.cell = jax.jit(self._cell, donate_argnums=(0,))
         self.evaluate = jax.jit(jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0)))
         self.init = jax.jit(jax.vmap(self._init, in_axes=(0, None)), static_argnums=(1,))
-        self.keep_best = jax.jit(jax.vmap(lambda better, new, old: jax.tree_util.tree_map(
-            lambda a, b: jnp.where(better, a, b), new, old)), donate_argnums=(2,))
+        self.keep_best = jax.jit(_keep_where, donate_argnums=(2,))
 
     def _init(self, key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[PyTree, PyTree]:
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
@@ -399,25 +398,18 @@ class _Programs:
         (or the member has no validation rows), the patience counters, and the epoch's row of the
         progress history [M, E]. See `_train_on_device` for the fields of ``carry`` and ``data``.
         """
-        vstep = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
         vlogits = jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0))
         xs, y, mean, scale = data["xs"], data["y"], data["mean"], data["scale"]
         val_idx, val_mask = data["val_idx"], data["val_mask"]  # [M, V, B]
         n_val = jnp.sum(val_mask, axis=(1, 2))
         has_val = n_val > 0
-        where = jax.vmap(lambda keep, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, old))
 
         def one_epoch(c: dict) -> dict:
             e, active = c["epoch"], c["active"]
             idx = data["idx"][:, e]  # [M, S, B]
             mask = data["mask"][:, e] & active[:, None, None]
-            epoch_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), e))(data["keys"])
-
-            def step(state, t):
-                keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(epoch_keys)
-                return vstep(state, xs, y, mean, scale, idx[:, t], mask[:, t], keys)
-
-            state, losses = jax.lax.scan(step, c["state"], jnp.arange(idx.shape[1]))
+            state, train_loss = self._epoch(c["state"], xs, y, mean, scale, idx, mask,
+                                            _step_keys(data["keys"], e, idx.shape[1]))
             logits = jax.lax.map(lambda b: vlogits(state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b]),
                                  jnp.arange(val_idx.shape[1]))  # [V, M, B, C]
             logits = jnp.swapaxes(logits, 0, 1)
@@ -431,12 +423,12 @@ class _Programs:
             better = active & (~has_val | (score < c["best_score"]))
             waited = jnp.where(better, 0, c["waited"] + active)
             history = {name: c["history"][name].at[:, e].set(value) for name, value in
-                       (("train_loss", losses.sum(axis=0)), ("val_loss", val_loss), ("val_accuracy", val_acc))}
+                       (("train_loss", train_loss), ("val_loss", val_loss), ("val_accuracy", val_acc))}
             still = active & ~(has_val & (waited >= data["patience"]))
             history["active"] = c["history"]["active"].at[:, e].set(still)
             return {
                 "state": state,
-                "best": where(better, state[0], c["best"]),
+                "best": _keep_where(better, state[0], c["best"]),
                 "best_score": jnp.where(better, score, c["best_score"]),
                 "best_epoch": jnp.where(better, e + 1, c["best_epoch"]),
                 "waited": waited,
@@ -451,6 +443,10 @@ class _Programs:
     def _logits(self, params, xs, mean, scale, idx, mask):
         """Logits [B, C] of one member's evaluation batch."""
         return self.module.apply({"params": params}, self._inputs(xs, mean, scale, idx), mask=mask, train=False)
+
+
+#: Per member m: ``new[m]`` where ``keep[m]``, else ``old[m]`` (params pytrees stacked over members).
+_keep_where = jax.vmap(lambda keep, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, old))
 
 
 def _step_keys(member_keys: jax.Array, epoch: int, steps: int) -> jax.Array:

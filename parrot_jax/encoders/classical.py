@@ -136,16 +136,16 @@ class Egemaps:
     sample_rate = SAMPLE_RATE
     dim = 88
     min_samples = SAMPLE_RATE // 10  # openSMILE's F0/jitter functionals need a few 60 ms frames
-    options = run_options = NoOptions()
+    run_options = NoOptions()
 
-    def __init__(self, name: str = "egemaps"):
+    def __init__(self, name: str = "egemaps", options: NoOptions = NoOptions()):
         try:
             import opensmile
         except ImportError:
             raise ImportError(
                 "encoder 'egemaps' needs the optional package opensmile: pip install 'parrot_jax[egemaps]'"
             ) from None
-        self.name = name
+        self.name, self.options = name, options
         self._version = opensmile.__version__
         self._smile = opensmile.Smile(
             feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals
@@ -182,4 +182,4 @@ def build(name: str, checkpoint: Path | None = None, **options: Any) -> MfccStat
     if checkpoint is not None:
         raise ValueError(f"encoder {name!r} takes no checkpoint, got {checkpoint}")
     cls = _BUILDERS[name][0]
-    return cls(name=name) if cls is Egemaps else cls(name=name, options=embedding)
+    return cls(name=name, options=embedding)
