@@ -92,3 +92,13 @@ def test_config_files_load_and_record_their_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found: nope .*packaged configs: demo, "
                                                 "emodb_classical, paper"):
         load_config("nope")
+
+
+def test_fields_checked_together_may_be_overridden_in_any_order():
+    """`parrot grid --protocol emobox --splits DIR`: the shorthands become protocol=..., then splits=...;
+    GridConfig's check that ties the two runs once on the result, not after each override."""
+    for overrides in (["protocol=emobox", "splits=data/emobox"], ["splits=data/emobox", "protocol=emobox"]):
+        config = apply_overrides(GridConfig(), overrides)
+        assert (config.protocol, config.splits) == ("emobox", "data/emobox")
+    with pytest.raises(ValueError, match=r"overrides 'splits=x': GridConfig: protocol 'emobox' needs the split files"):
+        apply_overrides(GridConfig(), ["splits=x"])
