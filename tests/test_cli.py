@@ -153,7 +153,9 @@ def test_grid_run_flag_names_the_run_folder(store, tmp_path, capsys):
 def test_grid_refuses_a_misspelt_override_in_one_line(capsys):
     assert main(["grid", "--dry-run", "--set", "model.sinkhorn.epsilom=0.1"]) == 1
     err = capsys.readouterr().err
-    assert err == ("parrot grid: error: override 'model.sinkhorn.epsilom=0.1': unknown key 'epsilom' in "
+    from parrot_jax.config import DEFAULT_CONFIG
+
+    assert err == (f"parrot grid: error: config file {DEFAULT_CONFIG}: override 'model.sinkhorn.epsilom=0.1': unknown key 'epsilom' in "
                    "model.sinkhorn; known: epsilon, max_iterations, threshold, gradient, ridge, inner_iterations\n")
 
 
