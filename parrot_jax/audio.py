@@ -6,8 +6,8 @@ missing, unreadable, a sample rate below ``MIN_SAMPLE_RATE`` or a duration over 
 ``MAX_SECONDS``; both read from the header, before anything is decoded, so that a small file declaring
 hours of audio or a 1 Hz rate cannot take unbounded memory), truncated (a WAV whose header declares more
 audio than the file holds), empty, NaN/Inf samples, all silence (peak below ``SILENCE_PEAK``), and
-(``check_length``) shorter than an encoder's minimum. :func:`read_audio` also says what reading changed: resampled, downmixed, or decoded
-from another container than the file's suffix names.
+(``check_length``) shorter than an encoder's minimum. :func:`read_audio` also says what reading changed:
+resampled, downmixed, or decoded from another container than the file's suffix names.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+        bad = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({bad})") from None
 
 
 def remove_temporaries(folder: Path) -> None:

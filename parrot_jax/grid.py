@@ -220,16 +220,29 @@ def reuse_status(cell: Cell, config: GridConfig, key: str) -> str:
     if status != "done":
         return status
     artifacts = json.loads(record.read_text()).get("artifacts") or {}
-    if artifacts.get("penultimate"):
-        acts = config.run_dir / "cells" / artifacts["penultimate"]
-        if not acts.is_file() or sha256_file(acts) != artifacts.get("penultimate_sha256"):
-            return "changed"
+    if artifacts.get("penultimate") and not _activations_intact(config.run_dir / "cells" / artifacts["penultimate"],
+                                                                artifacts.get("penultimate_sha256")):
+        return "changed"
     if config.checkpoints and cell.method != "svm":
         try:
             verify_files(models)
         except ValueError:
             return "changed"
     return status
+
+
+def _activations_intact(path: Path, sha256: str | None) -> bool:
+    """Whether the activations file has its recorded sha256 (records of older versions recorded none: then
+    whether it reads as the arrays it should hold)."""
+    if not path.is_file():
+        return False
+    if sha256 is not None:
+        return sha256_file(path) == sha256
+    try:
+        with np.load(path) as saved:
+            return all(len(saved[k]) == len(saved["rows"]) for k in ("activations", "labels"))
+    except Exception:  # a damaged file fails in many ways (BadZipFile, EOFError, KeyError, ...)
+        return False
 
 
 def check_cells(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> None:

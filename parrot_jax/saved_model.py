@@ -287,7 +287,8 @@ def load_model(path: str | Path) -> SavedModel:
     try:
         expected = param_shapes(fields["kind"], model_config, [tuple(f) for f in features])
     except Exception as error:
-        raise ValueError(f"{meta_path}: field model_config does not fit features of shapes {features}: {error}") from None
+        raise ValueError(f"{meta_path}: field model_config does not fit features of shapes {features}: "
+                         f"{error}") from None
     expected = {jax.tree_util.keystr(k): list(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
     saved = {k: shape[1:] for k, shape in fields["manifest"]["shapes"]["params"].items()}
     if saved != expected:

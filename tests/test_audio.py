@@ -130,8 +130,8 @@ def _sparse_wav(path: Path, rate: int, frames: int) -> Path:
     """A 16-bit mono WAV declaring `frames` frames at `rate` Hz whose data is a hole (zeros, no disk space)."""
     size = 2 * frames
     with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
-                + b"data" + struct.pack("<I", size))
+        fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)  # PCM, mono, 16-bit
+        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", size))
         f.truncate(44 + size)
     return path
 

@@ -155,7 +155,8 @@ def test_grid_refuses_a_misspelt_override_in_one_line(capsys):
     err = capsys.readouterr().err
     from parrot_jax.config import DEFAULT_CONFIG
 
-    assert err == (f"parrot grid: error: config file {DEFAULT_CONFIG}: override 'model.sinkhorn.epsilom=0.1': unknown key 'epsilom' in "
+    assert err == (f"parrot grid: error: config file {DEFAULT_CONFIG}: override 'model.sinkhorn.epsilom=0.1': "
+                   "unknown key 'epsilom' in "
                    "model.sinkhorn; known: epsilon, max_iterations, threshold, gradient, ridge, inner_iterations\n")
 
 

@@ -106,7 +106,8 @@ def test_fields_checked_together_may_be_overridden_in_any_order():
 
 
 @pytest.mark.parametrize("source,message", [
-    ('def get_config():\n    raise RuntimeError("boom from config")\n', r"RuntimeError in get_config\(\): boom from config"),
+    ('def get_config():\n    raise RuntimeError("boom from config")\n',
+     r"RuntimeError in get_config\(\): boom from config"),
     ("get_config = 5\n", r"get_config is 5, not a function"),
     ("def get_config():\n    return get_config()\n", r"RecursionError in get_config\(\): maximum recursion depth"),
     ("import sys\nsys.exit(0)\n", r"sys.exit\(0\) called while importing it"),
@@ -123,8 +124,8 @@ def test_a_config_file_that_fails_is_one_error_naming_the_file(tmp_path, source,
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("override,key", [("seeds=-1", "seeds"), ("seeds=0,-3", "seeds"), ("split_seed=-1", "split_seed"),
-                                          ("split_seed=4294967296", "split_seed")])
+@pytest.mark.parametrize("override,key", [("seeds=-1", "seeds"), ("seeds=0,-3", "seeds"),
+                                          ("split_seed=-1", "split_seed"), ("split_seed=4294967296", "split_seed")])
 def test_negative_seeds_are_refused_naming_the_key_and_the_config_file(override, key):
     with pytest.raises(ValueError) as refused:
         load_config("demo", [override])

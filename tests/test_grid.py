@@ -556,6 +556,13 @@ def test_leftovers_of_killed_saves_are_cleaned_and_damaged_artifacts_rebuilt(tmp
     acts.write_bytes(good_acts[: len(good_acts) // 2])  # truncated
     again = grid.run_grid(config, echo=lambda _: None)
     assert again.status[cell] == "changed" and acts.read_bytes() == good_acts
+    record_path = config.run_dir / "cells" / f"{cell}.json"  # a record of an older version: no sha256
+    record = json.loads(record_path.read_text())
+    del record["artifacts"]["penultimate_sha256"]
+    record_path.write_text(json.dumps(record))
+    assert grid.run_grid(config, dry_run=True, echo=lambda _: None).status[cell] == "done"  # the file reads
+    acts.write_bytes(good_acts[:-10])
+    assert grid.run_grid(config, dry_run=True, echo=lambda _: None).status[cell] == "changed"
 
     # a kill inside orbax's save (old layout: its temporary inside the model folder, no model.json), a kill
     # inside this version's save (a temporary folder beside it), and one inside the activations' atomic write

@@ -273,7 +273,8 @@ def _set(path: str, value):
     (_set("kind", "svm"), r"field kind: expected one of fcn, cnn, parrot, concat, hadamard, ot, got \"svm\""),
     (_set("model_config.hidden", 32), r"fields model_config and feature_metadata \(dims\) give params of other shapes "
                                       r"than those in state/ \(first: \['head'\]\['hidden'\]"),
-    (_set("model_config.kernel_size", "3"), r"field model_config: ModelConfig.kernel_size must be an int >= 1, got '3'"),
+    (_set("model_config.kernel_size", "3"),
+     r"field model_config: ModelConfig.kernel_size must be an int >= 1, got '3'"),
     (_set("manifest", None), r"field manifest: expected an object with files"),
 ])
 def test_a_tampered_model_json_is_refused_naming_the_file_and_field(saved, tmp_path, edit, message):
@@ -293,8 +294,9 @@ def test_flipped_bytes_in_a_state_file_are_refused_naming_it(saved, tmp_path):
     data = bytearray(damaged.read_bytes())
     data[:64] = bytes(b ^ 0xFF for b in data[:64])
     damaged.write_bytes(bytes(data))
+    meta = re.escape(str(folder / "model.json"))
     with pytest.raises(ValueError, match=rf"^{re.escape(str(damaged))}: sha256 differs from field manifest.files of "
-                                         rf"{re.escape(str(folder / 'model.json'))} \(the file was changed or damaged\)"):
+                                         rf"{meta} \(the file was changed or damaged\)"):
         load_model(folder)
     (folder / "state" / "extra").write_text("x")
     damaged.write_bytes(bytes(data))
@@ -351,7 +353,8 @@ def test_non_finite_params_zero_scales_and_non_finite_predictions_are_refused(sa
     with pytest.raises(ValueError, match=rf"^{re.escape(str(folder / 'state'))}: scale\[1\] holds \d+ value\(s\) <= 0"):
         load_model(folder)
     model = load_model(saved)
-    nan_model = dataclasses.replace(model, params=jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), model.params))
+    nan_params = jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), model.params)
+    nan_model = dataclasses.replace(model, params=nan_params)
     with pytest.raises(ValueError, match=r"params\['branch_p'\].* holds \d+ NaN/Inf value\(s\)"):
         save_model(tmp_path / "never", nan_model)
     assert not (tmp_path / "never").exists()

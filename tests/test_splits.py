@@ -280,5 +280,6 @@ def test_split_files_that_are_not_utf8_empty_fifos_or_doubled_are_refused_naming
     test.write_text(kept)
     assert len(emobox_folds(tmp_path, names, labels).folds) == 1
     _toy_splits(tmp_path, 1, "fold_01")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: fold_01/ and fold_1/ are both fold 1; keep one$"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: fold_01/ and fold_1/ are both fold 1; keep "
+                                         "one$"):
         emobox_folds(tmp_path, names, labels)
