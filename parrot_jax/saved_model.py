@@ -107,13 +107,12 @@ def save_model(path: str | Path, model: SavedModel) -> Path:
 
     path = Path(path).resolve()
     remove_dead_temporaries(path)
-    if path.exists():
-        leftovers = {p.name for p in path.iterdir() if p.name.startswith(ORBAX_TEMPORARY)} if path.is_dir() else set()
-        other = sorted(set(p.name for p in path.iterdir()) - {"model.json", "state"} - leftovers) \
-            if path.is_dir() else [path.name]
-        if other:
-            raise ValueError(f"{path} holds other things than a saved model ({', '.join(other[:3])}); save the "
-                             "model to a new or empty folder")
+    ours = lambda name: name in ("model.json", "state") or name.startswith(ORBAX_TEMPORARY)  # noqa: E731
+    other = sorted(p.name for p in path.iterdir() if not ours(p.name)) if path.is_dir() else \
+        [path.name] if path.exists() else []
+    if other:
+        raise ValueError(f"{path} holds other things than a saved model ({', '.join(other[:3])}); save the "
+                         "model to a new or empty folder")
     tree = {"params": model.params}
     if model.standardizer is not None:
         tree["mean"] = list(model.standardizer.mean)
