@@ -581,3 +581,18 @@ def test_leftovers_of_killed_saves_are_cleaned_and_damaged_artifacts_rebuilt(tmp
     assert load_model(model).members == 3 and acts.read_bytes() == good_acts
     assert (config.run_dir / "table1.md").read_text() == good_table
     assert grid.run_grid(config, echo=lambda _: None).status[cell] == "done"
+
+
+def test_a_dry_run_refuses_an_empty_test_file_naming_it(tmp_path, store, capsys):
+    """Issue 18 #6: an empty test file passed `--dry-run`, then the run ended in scikit-learn's `Found array with
+    0 sample(s)... required by SVC`."""
+    from parrot_jax import cli
+
+    _write_emobox_splits(tmp_path / "splits", store)
+    empty = tmp_path / "splits" / "fold_2" / "demo_test_fold_2.jsonl"
+    empty.write_text("")
+    config = _config_file(tmp_path, store)
+    assert cli.main(["grid", "--config", str(config), "--protocol", "emobox", "--splits", str(tmp_path / "splits"),
+                     "--allow-missing", "--dry-run"]) == 1
+    assert capsys.readouterr().err == (f"parrot grid: error: {empty}: an empty test file (it lists no recording); "
+                                       "every fold needs test rows\n")
