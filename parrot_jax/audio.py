@@ -2,10 +2,12 @@
 
 Reading is soundfile's (wav, flac, ogg, aiff, ...); resampling is soxr's "HQ" band-limited resampler.
 Every problem raises :class:`AudioError` naming the file and what was wrong, where it is first seen:
-missing, unreadable, truncated (a WAV whose header declares more audio than the file holds), empty,
-NaN/Inf samples, all silence (peak below ``SILENCE_PEAK``), and (``check_length``) shorter than an
-encoder's minimum. :func:`read_audio` also says what reading changed: resampled, downmixed, or decoded
-from another container than the file's suffix names.
+missing, unreadable, a sample rate below ``MIN_SAMPLE_RATE`` or a duration over ``max_seconds`` (default
+``MAX_SECONDS``; both read from the header, before anything is decoded, so that a small file declaring
+hours of audio or a 1 Hz rate cannot take unbounded memory), truncated (a WAV whose header declares more
+audio than the file holds), empty, NaN/Inf samples, all silence (peak below ``SILENCE_PEAK``), and
+(``check_length``) shorter than an encoder's minimum. :func:`read_audio` also says what reading changed:
+resampled, downmixed, or decoded from another container than the file's suffix names.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ SUFFIX_FORMATS = {
     ".wav": ("WAV", "WAVEX", "RF64", "W64"), ".flac": ("FLAC",), ".ogg": ("OGG",), ".aiff": ("AIFF",),
     ".aif": ("AIFF",), ".mp3": ("MP3",),
 }  # fmt: skip
+# Sample rates below this are refused (speech needs a few kHz of bandwidth; resampling 1 Hz to 16 kHz
+# would multiply the samples by 16000).
+MIN_SAMPLE_RATE = 4000
+# Recordings longer than this (seconds) are refused unless a caller allows more: 10 minutes of 16 kHz
+# float32 is 38 MB, and the encoders' memory grows with the length.
+MAX_SECONDS = 600.0
 NOTES = ("resampled", "downmixed", "misnamed")  # the keys of read_audio's notes
 
 
@@ -59,16 +67,23 @@ def _wav_data_shortfall(path: Path | str) -> tuple[int, int] | None:
 
 
 def read_audio(
-    path: Path | str, sample_rate: int = SAMPLE_RATE, silence_peak: float = SILENCE_PEAK
+    path: Path | str, sample_rate: int = SAMPLE_RATE, silence_peak: float = SILENCE_PEAK,
+    max_seconds: float = MAX_SECONDS,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The file's samples as float32 mono at `sample_rate` (x = mean over channels, then soxr HQ
     resampling), and notes on what reading changed: {"resampled": "from 44100 Hz", "downmixed": "from 2
-    channels", "misnamed": "AIFF audio in a .wav file"} (only the keys that apply)."""
+    channels", "misnamed": "AIFF audio in a .wav file"} (only the keys that apply). A file whose header
+    declares a rate below MIN_SAMPLE_RATE or more than `max_seconds` of audio is refused unread."""
     if not Path(path).is_file():
         raise AudioError(path, "no such file")
     try:
         with sf.SoundFile(str(path)) as f:
             container, rate, channels = f.format, f.samplerate, f.channels
+            if rate < MIN_SAMPLE_RATE:
+                raise AudioError(path, f"sample rate {rate} Hz is below the {MIN_SAMPLE_RATE} Hz this reads")
+            if f.frames > max_seconds * rate:
+                raise AudioError(path, f"{f.frames / rate:.1f} s of audio (its header says) is over the limit of "
+                                 f"{max_seconds:g} s (predict: --max-seconds)")
             data = f.read(dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as error:
         raise AudioError(path, f"unreadable audio file ({error})") from None
@@ -96,9 +111,10 @@ def read_audio(
     return np.ascontiguousarray(mono, dtype=np.float32), notes
 
 
-def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, silence_peak: float = SILENCE_PEAK) -> np.ndarray:
+def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, silence_peak: float = SILENCE_PEAK,
+               max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """The file's samples as float32 mono at `sample_rate` (:func:`read_audio` without its notes)."""
-    return read_audio(path, sample_rate, silence_peak)[0]
+    return read_audio(path, sample_rate, silence_peak, max_seconds)[0]
 
 
 def check_length(

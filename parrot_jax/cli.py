@@ -17,6 +17,14 @@ from pathlib import Path
 from parrot_jax.locks import Locked
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line, ``parrot <command>: error: ...`` (exit status 2);
+    the usage is shown by --help only."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     from parrot_jax.corpora import CORPORA
 
@@ -140,6 +148,8 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from parrot_jax.audio import MAX_SECONDS
+
     p = sub.add_parser("predict", help="emotion and class probabilities of new recordings")
     p.add_argument("files", nargs="+", type=Path, help="audio files")
     p.add_argument("--model", type=Path, required=True,
@@ -153,6 +163,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the rest for early stopping (0.1)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="ENCODER=PATH",
                    help="checkpoint folder of an encoder that needs one")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse recordings longer than this, "
+                   f"read from their headers before decoding (default: {MAX_SECONDS:g}, 10 minutes)")  # fmt: skip
 
     def run(args: argparse.Namespace) -> int:
         from parrot_jax.cells import encoder_order
@@ -185,7 +197,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         else:
             raise FileNotFoundError(f"{args.model} holds no saved model (model.json missing); "
                                     "pass --corpus NAME to train one on a corpus's stored features")
-        predictions = predict_files(model, args.files, checkpoints)
+        predictions = predict_files(model, args.files, checkpoints, args.max_seconds)
         print(format_predictions(predictions, model.class_names))
         return 0
 
@@ -260,14 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     from parrot_jax import allocator
 
     allocator.keep_freed_memory_if_wanted()
-    parser = argparse.ArgumentParser(prog="parrot", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="parrot", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "
                         "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help=f"let an error's traceback through (also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_demo):
         add(sub)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse collects them on the top parser: the refusal names the subcommand
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _use_devices(parser, args.devices)
     try:
         return int(args.handler(args) or 0)

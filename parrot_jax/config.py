@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from parrot_jax.models import ModelConfig
 from parrot_jax.text_values import field_names, field_value
@@ -28,6 +29,7 @@ TABLE2_METHODS = ("concat", "parrot")
 ABLATION_METHODS = ("hadamard", "ot")
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged configs: paper.py, demo.py, ...
 DEFAULT_CONFIG = CONFIGS / "paper.py"
+SEED_LIMIT = 2**32  # seeds and split_seed lie in [0, SEED_LIMIT): what NumPy and scikit-learn take
 MODEL_CLASSES_PLACEHOLDER = 2  # GridConfig.model.num_classes: replaced by each corpus's class count
 DERIVED = {  # keys a grid sets itself, and from what
     "train.seeds": "set the training seeds with seeds=...",
@@ -129,6 +131,10 @@ class GridConfig:
                              f"Table 2 takes {TABLE2_METHODS + ABLATION_METHODS}")
         if not self.seeds:
             raise ValueError("GridConfig.seeds: expected at least one seed")
+        for name, values in (("seeds", self.seeds), ("split_seed", (self.split_seed,))):
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < SEED_LIMIT]
+            if bad:
+                raise ValueError(f"GridConfig.{name}: expected ints in [0, 2**32), got {', '.join(map(repr, bad))}")
         if self.train.seeds != TrainConfig().seeds:
             raise ValueError("GridConfig.train: set the seeds with GridConfig.seeds, not train.seeds")
         if self.pack_cells != "auto" and not (isinstance(self.pack_cells, int) and self.pack_cells >= 1):
@@ -174,16 +180,42 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     name of a packaged one: paper, demo, emodb_classical) with ``key=value`` overrides applied; and its
     provenance (file, its text, the overrides) to record."""
     path = config_path(path)
+    config = _run_config_file(path)
+    try:
+        config = apply_overrides(config, overrides)
+    except ValueError as error:
+        raise ValueError(f"config file {path}: {error}") from None
+    return config, {"file": str(path), "source": path.read_text(), "overrides": list(overrides)}
+
+
+def _run_config_file(path: Path) -> GridConfig:
+    """``get_config()`` of the config file `path` (see `_user_code` for what its failures become)."""
     spec = importlib.util.spec_from_file_location(f"parrot_grid_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    with _user_code(path, "while importing it"):
+        spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if get_config is None:
         raise ValueError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    if not callable(get_config):
+        raise ValueError(f"config file {path}: get_config is {get_config!r:.40}, not a function")
+    with _user_code(path, "in get_config()"):
+        config = get_config()
     if not isinstance(config, GridConfig):
-        raise TypeError(f"{path}: get_config() returned {type(config).__name__}, expected GridConfig")
-    config = apply_overrides(config, overrides)
-    return config, {"file": str(path), "source": path.read_text(), "overrides": list(overrides)}
+        raise ValueError(f"config file {path}: get_config() returned {type(config).__name__}, expected GridConfig")
+    return config
+
+
+@contextmanager
+def _user_code(path: Path, where: str) -> Iterator[None]:
+    """Run a config file's code: whatever goes wrong (an error it raises, a recursion, ``sys.exit``) is one
+    ValueError naming the file and `where`."""
+    try:
+        yield
+    except SystemExit as stop:
+        raise ValueError(f"config file {path}: sys.exit({stop.code!r}) called {where}") from None
+    except Exception as error:
+        raise ValueError(f"config file {path}: {type(error).__name__} {where}: {error}") from None
 
 
 def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:

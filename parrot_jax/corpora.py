@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
-from parrot_jax.files import sha256_file
+from parrot_jax.files import read_text, remove_dead_temporaries, sha256_file
 
 # The shared label vocabulary (alphabetical). Emo-DB uses 7 of them, CREMA-D and MESD 6, the demo 4;
 # calm and surprise are there for CSV corpora such as RAVDESS.
@@ -188,19 +192,37 @@ def audio_folder(corpus: str, root: Path) -> Path:
     return _csv_file(root).parent if corpus == "csv" else root
 
 
+@contextmanager
+def _csv_rows(path: Path, delimiter: str = ",") -> Iterator[csv.DictReader]:
+    """A `csv.DictReader` of `path` (UTF-8; a leading byte-order mark is dropped; quotes read strictly);
+    a byte that is not UTF-8, an unterminated quote or a field over the csv module's limit is one
+    ValueError naming the file and line."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter, strict=True)
+        try:
+            yield reader
+        except UnicodeDecodeError:
+            read_text(path)  # raises, naming the line of the first byte that is not UTF-8
+            raise
+        except csv.Error as error:
+            raise ValueError(f"{path}:{reader.line_num}: not a valid CSV line ({error})") from None
+
+
 def _from_csv(root: Path) -> list[Utterance]:
     csv_path = _csv_file(root)
     if not csv_path.is_file():
         raise ValueError(f"corpus 'csv' needs a CSV manifest: {csv_path} does not exist")
     base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is dropped
-        reader = csv.DictReader(f)
+    with _csv_rows(csv_path) as reader:
         columns = set(reader.fieldnames or [])
         if not {"path", "label"} <= columns:
             raise ValueError(f"{csv_path}: expected a header with columns path,label[,speaker]; got {sorted(columns)}")
         utterances, seen, files = [], {}, {}
-        for line, row in enumerate(reader, start=2):
-            where = f"{csv_path}:{line}"
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"
+            if row["path"] is None or row["label"] is None:
+                raise ValueError(f"{where}: expected the fields path,label[,speaker]; the line has fewer")
+            line = reader.line_num
             relative = row["path"].strip()
             if not relative:
                 raise ValueError(f"{where}: empty path")
@@ -277,8 +299,7 @@ class CorpusReport:
 
 def read_file_list(path: Path) -> dict[str, tuple[str, int]]:
     """An official file list, TSV with header ``file  sha256  size_bytes`` -> {file: (sha256, size)}."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
+    with _csv_rows(path, delimiter="\t") as reader:
         if not {"file", "sha256", "size_bytes"} <= set(reader.fieldnames or []):
             raise ValueError(f"{path}: expected a TSV header 'file<TAB>sha256<TAB>size_bytes'")
         return {row["file"]: (row["sha256"].lower(), int(row["size_bytes"])) for row in reader}
@@ -398,9 +419,21 @@ def generate_demo_corpus(root: Path, seed: int = 0, n_speakers: int = 6, n_texts
     quality (source tilt, breathiness), with random per-utterance variation so that classes overlap.
     16 kHz 16-bit PCM. Deterministic: the same arguments give byte-identical files (each file's random
     stream is seeded by (seed, speaker, emotion, text)). A `DEMO.json` records the arguments.
+
+    Where `root` already holds this corpus (the same `DEMO.json`), nothing is written. Else the corpus is
+    written into ``.<name>.tmp-<pid>`` beside `root` and renamed into place, so `root` is absent or complete:
+    a killed generation leaves only that folder, which the next generation deletes, and two generations
+    at once both succeed (the second finds the first's identical corpus). A `root` holding anything else
+    is refused.
     """
     root = Path(root)
-    (root / "wav").mkdir(parents=True, exist_ok=True)
+    stamp = {"seed": seed, "n_speakers": n_speakers, "n_texts": n_texts, "emotions": list(DEMO_EMOTIONS.values())}
+    if _demo_stamp(root) == stamp:
+        return root
+    remove_dead_temporaries(root)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "wav").mkdir(parents=True)
     vowels = list(_VOWELS)
     texts = []
     for t in range(n_texts):
@@ -418,10 +451,24 @@ def generate_demo_corpus(root: Path, seed: int = 0, n_speakers: int = 6, n_texts
         for e, (letter, emotion) in enumerate(DEMO_EMOTIONS.items()):
             for t, (code, text) in enumerate(texts):
                 wave = _synthesise(speaker, emotion, text, np.random.default_rng([seed, 3, s, e, t]))
-                sf.write(root / "wav" / f"{s + 1:02d}{code}{letter}a.wav", wave, DEMO_SAMPLE_RATE, subtype="PCM_16")
-    stamp = {"seed": seed, "n_speakers": n_speakers, "n_texts": n_texts, "emotions": list(DEMO_EMOTIONS.values())}
-    (root / "DEMO.json").write_text(json.dumps(stamp, indent=1) + "\n")
+                sf.write(tmp / "wav" / f"{s + 1:02d}{code}{letter}a.wav", wave, DEMO_SAMPLE_RATE, subtype="PCM_16")
+    (tmp / "DEMO.json").write_text(json.dumps(stamp, indent=1) + "\n")
+    try:
+        os.rename(tmp, root)  # atomic; refused where root is a folder that is not empty
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _demo_stamp(root) != stamp:
+            raise ValueError(f"{root} holds no demo corpus of these settings (DEMO.json) and is not empty: not "
+                             "writing there") from None
     return root
+
+
+def _demo_stamp(root: Path) -> dict | None:
+    """The settings recorded in a demo corpus's `DEMO.json`; None where there is none."""
+    try:
+        return json.loads((Path(root) / "DEMO.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 DEFAULT_DEMO_ROOT = Path("demo_corpus")  # where `demo_corpus_root(None)` generates the demo corpus
@@ -435,5 +482,5 @@ def demo_corpus_root(root: Path | None = None) -> Path:
     if not (root / "DEMO.json").is_file():
         if root.exists() and any(root.iterdir()):
             raise ValueError(f"{root} holds no demo corpus (no DEMO.json) and is not empty: not writing there")
-        generate_demo_corpus(root)
+        root = generate_demo_corpus(root)
     return root

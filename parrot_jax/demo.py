@@ -34,8 +34,7 @@ def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int =
     out = Path(out)
     print(BANNER + "\n")
     corpus = out / "corpus"
-    if not (corpus / "DEMO.json").is_file():
-        generate_demo_corpus(corpus, seed=seed)
+    generate_demo_corpus(corpus, seed=seed)  # written once, atomically; a rerun finds it
     print(extract("demo", corpus, list(ENCODERS), out / "features").text() + "\n")
 
     overrides = [f"features={out / 'features'}", f"results={out.parent}", f"run={out.name}"]

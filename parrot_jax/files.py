@@ -3,7 +3,9 @@
 `atomic_write(path, write)` leaves `path` either as it was or complete: the bytes go to a temporary
 file beside it (``.<name>.tmp-<pid>``), which is flushed, fsynced, renamed over `path`, and the folder
 is fsynced so that the rename survives a power cut. A killed writer leaves only such a temporary file,
-which `remove_temporaries` deletes.
+which `remove_temporaries` deletes. A folder written whole (a saved model, the demo corpus) goes the same
+way: into ``.<name>.tmp-<pid>`` beside it, renamed into place; `remove_dead_temporaries` deletes what a
+killed writer left.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -34,10 +37,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:  # a full disk says "[Errno 28] No space left on device", naming no file
+        tmp.unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, f"writing {path}: {error.strerror or error}") from None
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -47,10 +56,48 @@ def write_json(path: str | Path, value: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(value, indent=1, sort_keys=True) + "\n").encode()))
 
 
+def read_text(path: str | Path) -> str:
+    """A regular file's UTF-8 text (a leading byte-order mark kept); a ValueError naming the file where it is
+    not a regular file (a FIFO would block the read), or naming the line of its first byte that is not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        bad = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({bad})") from None
+
+
 def remove_temporaries(folder: Path) -> None:
     """Delete the temporary files a killed `atomic_write` left in `folder` (never a finished file)."""
     for leftover in Path(folder).glob(".*.tmp-*"):
         leftover.unlink(missing_ok=True)
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporaries of `path` (``.<name>.tmp-<pid>`` beside it, files or folders) whose process has
+    ended: what a killed writer left. A live process's temporary (a writer at work) is kept."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = leftover.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)  # another process may be removing it too
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def sha256_file(path: str | Path) -> str:

@@ -27,7 +27,8 @@ import numpy as np
 from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, check_layer_inputs, plan_cells
 from parrot_jax.config import GridConfig, config_dict, model_config, train_config
 from parrot_jax.features import CorpusData, available_features, load_corpus
-from parrot_jax.files import atomic_write, write_json
+from parrot_jax.files import atomic_write, sha256_file, write_json
+from parrot_jax.locks import exclusive
 
 # ----------------------------------------------------------------------------------------------------
 # running cells
@@ -197,6 +198,7 @@ def _write_artifacts(cell: Cell, config: GridConfig, data: CorpusData, folds, fe
         path = config.run_dir / "cells" / f"{cell.name}.penultimate.npz"
         atomic_write(path, lambda f: np.savez(f, activations=acts, labels=data.labels[rows], rows=rows))
         artifacts["penultimate"] = path.name
+        artifacts["penultimate_sha256"] = sha256_file(path)  # checked when the cell is reused
     if config.checkpoints:
         target = config.run_dir / "models" / cell.name
         info = {"corpus": cell.corpus, "cell": cell.name, "trained_on": "folds", "key": key}
@@ -204,6 +206,79 @@ def _write_artifacts(cell: Cell, config: GridConfig, data: CorpusData, folds, fe
                                      tc.eval_batch_size, info))
         artifacts["checkpoint"] = str(Path("models") / cell.name)
     return artifacts
+
+
+def reuse_status(cell: Cell, config: GridConfig, key: str) -> str:
+    """`cells.cell_status` of the cell's record, with its artifacts checked: a record whose penultimate
+    activations no longer have their recorded sha256, or whose saved model fails its manifest
+    (`saved_model.verify_files`), is "changed" (run again, its files rebuilt)."""
+    from parrot_jax.saved_model import verify_files
+
+    models = config.run_dir / "models" / cell.name
+    record = config.run_dir / "cells" / f"{cell.name}.json"
+    status = cell_status(record, key, models if config.checkpoints and cell.method != "svm" else None)
+    if status != "done":
+        return status
+    artifacts = json.loads(record.read_text()).get("artifacts") or {}
+    if artifacts.get("penultimate") and not _activations_intact(config.run_dir / "cells" / artifacts["penultimate"],
+                                                                artifacts.get("penultimate_sha256")):
+        return "changed"
+    if config.checkpoints and cell.method != "svm":
+        try:
+            verify_files(models)
+        except ValueError:
+            return "changed"
+    return status
+
+
+def _activations_intact(path: Path, sha256: str | None) -> bool:
+    """Whether the activations file has its recorded sha256 (records of older versions recorded none: then
+    whether it reads as the arrays it should hold)."""
+    if not path.is_file():
+        return False
+    if sha256 is not None:
+        return sha256_file(path) == sha256
+    try:
+        with np.load(path) as saved:
+            return all(len(saved[k]) == len(saved["rows"]) for k in ("activations", "labels"))
+    except Exception:  # a damaged file fails in many ways (BadZipFile, EOFError, KeyError, ...)
+        return False
+
+
+def check_cells(cells: Sequence[Cell], config: GridConfig, data: dict[str, CorpusData]) -> None:
+    """Refuse, before anything trains (dry runs too), what the run would refuse later: a neural model
+    that cannot take its cell's feature shapes (e.g. a conv stack longer than the embedding), and
+    figure names that name no cell."""
+    from parrot_jax.models import param_shapes
+
+    checked = set()
+    for cell in cells:
+        shapes = tuple(data[cell.corpus].matrices[e].shape[1:] for e in cell.encoders)
+        mc = model_config(config, len(data[cell.corpus].class_names))
+        if cell.method == "svm" or (cell.method, shapes, mc) in checked:
+            continue
+        checked.add((cell.method, shapes, mc))
+        try:
+            param_shapes(cell.method, mc, shapes)
+        except Exception as error:  # the model's own refusal of these shapes, whatever its type
+            text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise ValueError(f"cell {cell.name}: model settings {config_model_keys(config)} cannot take features of "
+                             f"shapes {[list(s) for s in shapes]}: {text}") from None
+    names = [cell.name for cell in cells]
+    unknown = [f for f in config.figures if f != "best" and f not in names]
+    if unknown:
+        raise ValueError(f"figures: no cell named {', '.join(map(repr, unknown))} in this grid; cell names look "
+                         f"like {names[0]!r}, or 'best'")
+
+
+def config_model_keys(config: GridConfig) -> str:
+    """The model settings that differ from the defaults, as ``model.key=value`` (what an error names)."""
+    from parrot_jax.config import MODEL_CLASSES_PLACEHOLDER
+    from parrot_jax.models import ModelConfig
+
+    default, given = ModelConfig(MODEL_CLASSES_PLACEHOLDER).to_dict(), config.model.to_dict()
+    changed = [f"model.{k}={given[k]}" for k in given if given[k] != default[k]]
+    return f"({', '.join(changed)})" if changed else "(the defaults)"
 
 
 @dataclass
@@ -219,7 +294,18 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
              echo: Callable[[str], None] = print) -> GridOutcome:
     """Plan the grid, run every cell not already done, then write the tables and figures.
 
-    Under several processes every process calls it; only the coordinator writes and prints."""
+    Under several processes every process calls it; only the coordinator writes and prints. The writer
+    holds the run folder's lock (`locks.exclusive`) throughout: a second run of the same folder is refused
+    at once, naming the holder."""
+    from parrot_jax import distributed as dist
+
+    if dry_run or not dist.is_coordinator():
+        return _run_grid(config, provenance, dry_run, echo)
+    with exclusive(config.run_dir, "grid run"):
+        return _run_grid(config, provenance, dry_run, echo)
+
+
+def _run_grid(config: GridConfig, provenance: dict | None, dry_run: bool, echo: Callable[[str], None]) -> GridOutcome:
     from tqdm.auto import tqdm
 
     from parrot_jax import distributed as dist
@@ -239,15 +325,11 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
             for c in dict.fromkeys(x.corpus for x in cells)}
     check_layer_inputs(cells, config, data)
     keys = {cell.name: cell_key(cell, config, data[cell.corpus]) for cell in cells}
-    found = [
-        STATUSES.index(cell_status(cells_dir / f"{cell.name}.json", keys[cell.name],
-                                   config.run_dir / "models" / cell.name
-                                   if config.checkpoints and cell.method != "svm" else None))
-        for cell in cells
-    ]
+    found = [STATUSES.index(reuse_status(cell, config, keys[cell.name])) for cell in cells]
     # every process runs the cells process 0 found missing (a file may appear while others look)
     status = {cell.name: STATUSES[i] for cell, i in zip(cells, dist.from_coordinator(np.array(found, np.int32)))}
     folds, split_records = check_run(config, data)
+    check_cells(cells, config, data)
     for corpus, record in split_records.items():
         if record and (record["missing"]["count"] or record["unused"]["count"]):
             echo(f"{corpus}: {record['missing']['count']} split row(s) not in the store and "

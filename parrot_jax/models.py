@@ -369,6 +369,17 @@ def build_model(kind: str, config: ModelConfig) -> nn.Module:
     return _MODELS[kind](config)
 
 
+def param_shapes(kind: str, config: ModelConfig, shapes: Sequence[tuple[int, ...]]) -> Any:
+    """The params of model `kind` for rows of the given shapes ([D], or [L+1, D]) as a tree of
+    `jax.ShapeDtypeStruct`, by tracing its initialisation (nothing computed); raises what the model raises
+    on inputs it cannot take (e.g. a conv stack that shortens the embedding to nothing)."""
+    module = build_model(kind, config)
+    key = jax.random.PRNGKey(0)
+    inputs = tuple(jax.ShapeDtypeStruct((2, *shape), jnp.float32) for shape in shapes)
+    init = lambda xs: module.init({"params": key, "dropout": key}, xs, mask=None, train=False)["params"]  # noqa: E731
+    return jax.eval_shape(init, inputs)
+
+
 def penultimate_features(
     module: nn.Module, params: Any, inputs: Sequence[jax.Array], mask: jax.Array | None = None
 ) -> jax.Array:

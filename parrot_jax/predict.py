@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from parrot_jax.audio import MAX_SECONDS
 from parrot_jax.encoders import registry
 from parrot_jax.features import load_corpus
 from parrot_jax.models import ModelConfig
@@ -77,9 +78,10 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-def predict_files(model: SavedModel, files: Sequence[str | Path],
-                  checkpoints: Mapping[str, Path] | None = None) -> list[Prediction]:
-    """Emotion and class probabilities of each audio file."""
+def predict_files(model: SavedModel, files: Sequence[str | Path], checkpoints: Mapping[str, Path] | None = None,
+                  max_seconds: float = MAX_SECONDS) -> list[Prediction]:
+    """Emotion and class probabilities of each audio file; a file longer than `max_seconds` is refused
+    (from its header, unread: `audio.read_audio`)."""
     from parrot_jax.audio import check_length, load_audio
 
     encoders = build_encoders(model, checkpoints)
@@ -87,7 +89,7 @@ def predict_files(model: SavedModel, files: Sequence[str | Path],
     for encoder in encoders:
         waves = []
         for f in files:
-            wave = load_audio(f, encoder.sample_rate)
+            wave = load_audio(f, encoder.sample_rate, max_seconds=max_seconds)
             check_length(wave, encoder.min_samples, f, f"encoder {encoder.name!r}", encoder.sample_rate)
             waves.append(wave)
         features.append(np.asarray(encoder.embed_batch(waves), np.float32))

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from parrot_jax.corpora import LABELS, vocabulary_label
-from parrot_jax.files import sha256_file
+from parrot_jax.files import read_text, sha256_file
 
 Protocol = Literal["stratified", "speaker"]
 PROTOCOLS: tuple[str, ...] = ("stratified", "speaker")
@@ -166,10 +166,10 @@ def _shown(names: Sequence[str]) -> str:
 
 
 def _read_label_map(path: Path) -> dict[str, str] | None:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        mapping = json.loads(path.read_text())
+        mapping = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
@@ -182,10 +182,16 @@ def _split_files(splits: Path) -> dict[int, dict[str, Path]]:
     if not splits.is_dir():
         raise ValueError(f"splits folder {splits} does not exist (expected EmoBox's fold_<k>/ folders)")
     folds: dict[int, dict[str, Path]] = {}
+    folders: dict[int, Path] = {}
     for folder in sorted(p for p in splits.iterdir() if p.is_dir() and _FOLD_DIR.match(p.name)):
         k = int(_FOLD_DIR.match(folder.name)[1])
+        if k in folders:
+            raise ValueError(f"{splits}: {folders[k].name}/ and {folder.name}/ are both fold {k}; keep one")
+        folders[k] = folder
         parts: dict[str, Path] = {}
         for path in sorted(folder.glob("*.jsonl")):
+            if not path.is_file():
+                raise ValueError(f"{path}: not a regular file (a split file must be one)")
             m = _SPLIT_FILE.match(path.name)
             if m is None or int(m["k"]) != k:
                 raise ValueError(f"{path}: unexpected file in a fold folder; expected <corpus>_{{train,test,valid}}_fold_{k}.jsonl")
@@ -205,7 +211,7 @@ def _read_split(path: Path, label_map: dict[str, str] | None) -> list[tuple[str,
     """(file name without extension, vocabulary label, where) of each line of a split file."""
     lowered = {k.lower(): v for k, v in (label_map or {}).items()}
     rows, seen = [], {}
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
@@ -262,8 +268,8 @@ def emobox_folds(
         row_of[name] = r
     label_map = _read_label_map(splits / "label_map.json")
     files = split_file_hashes(splits)
-    parsed = {k: {part: _read_split(path, label_map) for part, path in parts.items()}
-              for k, parts in sorted(_split_files(splits).items())}
+    paths = dict(sorted(_split_files(splits).items()))
+    parsed = {k: {part: _read_split(path, label_map) for part, path in parts.items()} for k, parts in paths.items()}
     listed = {name for parts in parsed.values() for rows in parts.values() for name, _, _ in rows}
     missing = sorted(listed - set(row_of))
     unused = sorted(set(row_of) - listed)
@@ -285,6 +291,9 @@ def emobox_folds(
                     raise ValueError(f"{where}: {name} is labelled {label!r} in the split file but "
                                      f"{labels[row_of[name]]!r} in the store")
             rows[part] = np.array(sorted(row_of[n] for n, _, _ in entries if n in row_of), dtype=np.int64)
+            if part in ("train", "test") and not len(rows[part]):
+                why = f"none of its {len(entries)} rows is in the store" if entries else "it lists no recording"
+                raise ValueError(f"{paths[k][part]}: an empty {part} file ({why}); every fold needs {part} rows")
         overlap = set(rows["test"]) & (set(rows["train"]) | set(rows.get("valid", [])))
         if overlap:
             raise ValueError(f"{splits}/fold_{k}: {_shown(sorted(ids[r] for r in overlap))} in both test and training files")

@@ -1,5 +1,6 @@
 """parrot_jax.audio: reading, downmixing, resampling, and each kind of bad file."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from parrot_jax.audio import SAMPLE_RATE, AudioError, check_length, load_audio, read_audio
+from parrot_jax.audio import (MAX_SECONDS, MIN_SAMPLE_RATE, SAMPLE_RATE, AudioError, check_length, load_audio,
+                              read_audio)
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
@@ -122,3 +124,29 @@ def test_too_short(tmp_path: Path) -> None:
     message = r"x\.wav: too short: 800 samples \(0\.050 s at 16000 Hz\); encoder 'e' needs at least 1280 \(0\.080 s\)"
     with pytest.raises(AudioError, match=message):
         check_length(wave, 1280, "x.wav", "encoder 'e'")
+
+
+def _sparse_wav(path: Path, rate: int, frames: int) -> Path:
+    """A 16-bit mono WAV declaring `frames` frames at `rate` Hz whose data is a hole (zeros, no disk space)."""
+    size = 2 * frames
+    with open(path, "wb") as f:
+        fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)  # PCM, mono, 16-bit
+        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", size))
+        f.truncate(44 + size)
+    return path
+
+
+def test_rates_below_the_floor_and_hours_of_audio_are_refused_from_the_header(tmp_path: Path) -> None:
+    """Issue 18 #4: a 40 KB WAV declaring 1 Hz and a 4 KB sparse WAV of 10 hours took over 4.2 GB each."""
+    one_hz = _sparse_wav(tmp_path / "one_hz.wav", 1, 20_000)
+    with pytest.raises(AudioError, match=rf"^{one_hz}: sample rate 1 Hz is below the {MIN_SAMPLE_RATE} Hz this reads$"):
+        load_audio(one_hz)
+    hours = _sparse_wav(tmp_path / "ten_hours.wav", SAMPLE_RATE, 10 * 3600 * SAMPLE_RATE)
+    with pytest.raises(AudioError, match=rf"^{hours}: 36000.0 s of audio \(its header says\) is over the limit of "
+                                         rf"{MAX_SECONDS:g} s \(predict: --max-seconds\)$"):
+        load_audio(hours)
+    minute = _write_float(tmp_path / "minute.wav", _tone(60.0, SAMPLE_RATE))
+    with pytest.raises(AudioError, match=r"60.0 s of audio \(its header says\) is over the limit of 59.5 s"):
+        load_audio(minute, max_seconds=59.5)
+    assert len(load_audio(minute, max_seconds=60.0)) == 60 * SAMPLE_RATE
+    assert len(load_audio(_write_float(tmp_path / "floor.wav", _tone(0.5, MIN_SAMPLE_RATE), MIN_SAMPLE_RATE))) == 8000

@@ -153,7 +153,10 @@ def test_grid_run_flag_names_the_run_folder(store, tmp_path, capsys):
 def test_grid_refuses_a_misspelt_override_in_one_line(capsys):
     assert main(["grid", "--dry-run", "--set", "model.sinkhorn.epsilom=0.1"]) == 1
     err = capsys.readouterr().err
-    assert err == ("parrot grid: error: override 'model.sinkhorn.epsilom=0.1': unknown key 'epsilom' in "
+    from parrot_jax.config import DEFAULT_CONFIG
+
+    assert err == (f"parrot grid: error: config file {DEFAULT_CONFIG}: override 'model.sinkhorn.epsilom=0.1': "
+                   "unknown key 'epsilom' in "
                    "model.sinkhorn; known: epsilon, max_iterations, threshold, gradient, ridge, inner_iterations\n")
 
 
@@ -179,3 +182,24 @@ def test_extract_refuses_an_unknown_encoder_option_when_parsing(tmp_path, capsys
     assert ("argument --encoders: encoder 'mfcc-stats': unknown option 'layr'; it takes n_mfcc, n_mels, deltas "
             "(embedding)") in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["grid", "--bogus-flag"], "parrot grid: error: unrecognized arguments: --bogus-flag"),
+    (["predict", "x.wav"], "parrot predict: error: the following arguments are required: --model"),
+    (["extract", "--corpus", "nope"], "parrot extract: error: argument --corpus: invalid choice: 'nope' (choose from "
+                                      "'emodb', 'cremad', 'mesd', 'csv', 'demo')"),
+    (["bogus"], "parrot: error: argument command: invalid choice: 'bogus' (choose from 'extract', 'verify-corpus', "
+                "'grid', 'predict', 'demo')"),
+])
+def test_argparse_errors_are_one_line_naming_the_subcommand(argv, line, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    assert capsys.readouterr().err == line + "\n"  # no usage block: that is --help's
+
+
+def test_help_of_a_subcommand_shows_its_usage(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["grid", "--help"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: parrot grid [-h]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,32 @@ def test_fields_checked_together_may_be_overridden_in_any_order():
         assert (config.protocol, config.splits) == ("emobox", "data/emobox")
     with pytest.raises(ValueError, match=r"overrides 'splits=x': GridConfig: protocol 'emobox' needs the split files"):
         apply_overrides(GridConfig(), ["splits=x"])
+
+
+@pytest.mark.parametrize("source,message", [
+    ('def get_config():\n    raise RuntimeError("boom from config")\n',
+     r"RuntimeError in get_config\(\): boom from config"),
+    ("get_config = 5\n", r"get_config is 5, not a function"),
+    ("def get_config():\n    return get_config()\n", r"RecursionError in get_config\(\): maximum recursion depth"),
+    ("import sys\nsys.exit(0)\n", r"sys.exit\(0\) called while importing it"),
+    ("def get_config():\n    return 3\n", r"get_config\(\) returned int, expected GridConfig"),
+    ("from parrot_jax.config import GridConfig\ndef get_config():\n    return GridConfig(seeds=(0, -1))\n",
+     r"ValueError in get_config\(\): GridConfig.seeds: expected ints in \[0, 2\*\*32\), got -1"),
+])
+def test_a_config_file_that_fails_is_one_error_naming_the_file(tmp_path, source, message):
+    path = tmp_path / "config.py"
+    path.write_text(source)
+    with pytest.raises(ValueError) as refused:
+        load_config(path)
+    assert re.match(rf"config file {re.escape(str(path))}: {message}", str(refused.value)), refused.value
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("override,key", [("seeds=-1", "seeds"), ("seeds=0,-3", "seeds"),
+                                          ("split_seed=-1", "split_seed"), ("split_seed=4294967296", "split_seed")])
+def test_negative_seeds_are_refused_naming_the_key_and_the_config_file(override, key):
+    with pytest.raises(ValueError) as refused:
+        load_config("demo", [override])
+    text = str(refused.value)
+    assert text.startswith(f"config file {REPO / 'parrot_jax' / 'configs' / 'demo.py'}: overrides '{override}': "
+                           f"GridConfig.{key}: expected ints in [0, 2**32), got "), text

@@ -3,6 +3,10 @@
 import csv
 import hashlib
 import os
+import re
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from parrot_jax.corpora import (
     verify_corpus,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = SHARED / "emodb"
 CREMAD_LIST = SHARED / "cremad" / "audiowav_files.tsv"
@@ -288,3 +293,61 @@ def test_csv_file_as_root_resolves_audio_beside_it(tmp_path: Path) -> None:
     assert audio_folder("emodb", tmp_path / "x") == tmp_path / "x"
     report = verify_corpus("csv", csv_file)
     assert report.ok and report.unreadable == []
+
+
+def test_csv_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    """Issue 18 #6: a non-UTF-8 CSV said only `'utf-8' codec can't decode byte 0xff`, an unterminated quote
+    ended in `AttributeError: 'NoneType' object has no attribute 'strip'`, a field over 131072 characters in
+    the csv module's own error."""
+    _write_tone(tmp_path / "a.wav")
+    manifest = tmp_path / "manifest.csv"
+    cases = [
+        (b"path,label\na.wav,anger\nb\xff.wav,sadness\n", r":3: not UTF-8 text \(byte 0xff at offset 24\)"),
+        (b'path,label\na.wav,"anger\n', r":\d+: not a valid CSV line \(unexpected end of data\)"),
+        (b"path,label\na.wav," + b"x" * 200_000 + b"\n", r":\d+: not a valid CSV line \(field larger than field limit"),
+        (b"path,label\na.wav\n", r":2: expected the fields path,label\[,speaker\]; the line has fewer"),
+    ]
+    for data, message in cases:
+        manifest.write_bytes(data)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(manifest))}{message}"):
+            load_manifest("csv", tmp_path)
+    manifest.write_bytes(b"path,label\na.wav,anger\n")
+    listing = tmp_path / "list.tsv"
+    listing.write_bytes(b"file\tsha256\tsize_bytes\n\xff\t00\t1\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(listing))}:2: not UTF-8 text"):
+        verify_corpus("csv", tmp_path, listing)
+
+
+DEMO_ARGS = "import sys\nfrom parrot_jax.corpora import generate_demo_corpus\n"
+
+
+def _generate(root: Path) -> subprocess.Popen:
+    """`generate_demo_corpus(root, seed=5, n_speakers=2, n_texts=2)` in a child process."""
+    script = DEMO_ARGS + "generate_demo_corpus(sys.argv[1], seed=5, n_speakers=2, n_texts=2)\n"
+    return subprocess.Popen([sys.executable, "-c", script, str(root)], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_demo_generations_killed_or_at_once_leave_a_complete_corpus(tmp_path: Path) -> None:
+    """Issue 18 #2: `parrot extract --corpus demo` killed while generating left a folder every rerun refused (no
+    DEMO.json and not empty); two first-time runs at once refused one of them. Now a SIGKILL mid-generation
+    leaves the folder absent and the next run generates it; two at once both succeed, with the same files."""
+    reference = generate_demo_corpus(tmp_path / "reference", seed=5, n_speakers=2, n_texts=2)
+    expected = {p.relative_to(reference): p.read_bytes() for p in reference.rglob("*") if p.is_file()}
+    root = tmp_path / "demo_corpus"
+    child = _generate(root)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob(f".demo_corpus.tmp-{child.pid}/wav/*.wav"))) < 3:  # mid-generation
+        assert child.poll() is None and time.time() < deadline, child.stderr.read()
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    assert not root.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == \
+        [f".demo_corpus.tmp-{child.pid}"]
+    again = [_generate(root), _generate(root)]  # the rerun, twice at once
+    assert [c.wait(timeout=300) for c in again] == [0, 0], [c.stderr.read() for c in again]
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_corpus", "reference"]  # no temporary left
+    assert generate_demo_corpus(root, seed=5, n_speakers=2, n_texts=2) == root  # found: nothing written
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(root))} holds no demo corpus of these settings"):
+        generate_demo_corpus(root, seed=6, n_speakers=2, n_texts=2)

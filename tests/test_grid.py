@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from parrot_jax import cells, grid
 from parrot_jax.cells import Cell, plan_cells
 from parrot_jax.config import GridConfig, apply_overrides
 from parrot_jax.features import CorpusData, load_corpus
+from parrot_jax.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_ENCODERS = ["ssam-tiny", "ssam-small", "ssam-base", "wavlm-base", "hubert-base", "wav2vec2-base",
@@ -466,3 +468,131 @@ def test_layer_all_features_need_a_model_that_mixes_layers(tmp_path):
     outcome = grid.run_grid(mixing, echo=lambda _: None)
     assert set(outcome.records) == {"demo__fcn__wavlm-base", "demo__fcn__hubert-base", "demo__concat__wavlm-base+hubert-base"}
     assert all(len(r["result"]["runs"]) == 3 for r in outcome.records.values())
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 18: a locked run, saves that survive SIGKILL, dry runs that refuse what the run would
+
+
+def _one_cell(store: Path, results: Path, run: str = "one", **extra) -> GridConfig:
+    """One FCN cell on mfcc-stats (3 folds, 2 epochs, tiny model), its activations kept and its models saved."""
+    return GridConfig(run=run, features=str(store), results=str(results), folds=3, val_fraction=0.25,
+                      encoders=("mfcc-stats",), table1=("fcn",), table2=(), tsne_methods=("fcn",), checkpoints=True,
+                      train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
+                      model={"filters": (4, 8), "latent_dim": 8, "hidden": 16}, **extra)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["table1=cnn", "model.kernel_size=1000"],
+     r"cell demo__cnn__mfcc-stats: model settings \(.*model.kernel_size=1000.*\) cannot take features of shapes "
+     r"\[\[160\]\]: ConvStack: an embedding of length 160 is too short"),
+    (["figures=bogus_cell"], r"figures: no cell named 'bogus_cell' in this grid; cell names look like "
+                             r"'demo__fcn__mfcc-stats', or 'best'$"),
+])
+def test_a_dry_run_refuses_what_the_run_would_refuse_later(tmp_path, store, overrides, message):
+    config = apply_overrides(_one_cell(store, tmp_path), overrides)
+    with pytest.raises(ValueError, match=message):
+        grid.run_grid(config, dry_run=True, echo=lambda _: None)
+    assert not (tmp_path / "one").exists()  # nothing written
+
+
+def test_a_second_process_on_a_running_grid_is_refused_naming_the_holder(tmp_path, store):
+    from parrot_jax.locks import Locked, exclusive
+
+    config = _one_cell(store, tmp_path)
+    with exclusive(config.run_dir, "grid run"):  # held as a running grid holds it
+        with pytest.raises(Locked, match=rf"^grid run {re.escape(str(config.run_dir))} is in use by process "
+                                         rf"{os.getpid()} on "):
+            grid.run_grid(config, echo=lambda _: None)
+    assert not (config.run_dir / "cells").exists()  # refused before anything ran
+    assert grid.run_grid(config, dry_run=True, echo=lambda _: None).status  # a dry run writes nothing: no lock
+
+
+@pytest.mark.slow
+def test_two_grids_started_on_one_run_one_is_refused_the_other_finishes_alone(tmp_path, store):
+    """Issue 18 #1: `G --run r` and `G --run r --epochs 3` at once mixed their cells; now the second is refused at
+    once, naming the first, whose tables are those of the same grid run alone."""
+    config = _config_file(tmp_path, store)
+    lock = tmp_path / "results" / "r" / ".lock"
+    small = ("--set", "table2=", "--encoders", "mfcc-stats")
+    first = _grid(config, "--run", "r", *small)
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text()):
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline, "the first grid took no lock"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # frozen while it holds the lock, however fast it would run
+    try:
+        second = _grid(config, "--run", "r", *small, "--epochs", "3")
+        out, _ = second.communicate(timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1, out
+    assert out.splitlines()[-1].startswith(f"parrot grid: error: grid run {lock.parent} is in use by process "
+                                           f"{first.pid} on "), out
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    alone = _grid(config, "--run", "alone", *small)
+    assert alone.wait(timeout=300) == 0
+    for name in ("table1.md", "table1.csv"):
+        assert (lock.parent / name).read_text() == (tmp_path / "results" / "alone" / name).read_text()
+
+
+@pytest.mark.slow
+def test_leftovers_of_killed_saves_are_cleaned_and_damaged_artifacts_rebuilt(tmp_path, store):
+    """Issue 18 #2 and #3: what a SIGKILL inside a save leaves (orbax's state.orbax-checkpoint-tmp in the model
+    folder, a half-written model beside it, a half-written activations file) never blocks a rerun, and a
+    truncated penultimate .npz is rebuilt instead of failing every rerun with BadZipFile."""
+    from parrot_jax.saved_model import load_model
+
+    config = _one_cell(store, tmp_path)
+    cell = "demo__fcn__mfcc-stats"
+    first = grid.run_grid(config, echo=lambda _: None)
+    acts = config.run_dir / "cells" / f"{cell}.penultimate.npz"
+    model = config.run_dir / "models" / cell
+    good_acts, good_table = acts.read_bytes(), (config.run_dir / "table1.md").read_text()
+    assert first.records[cell]["artifacts"]["penultimate_sha256"] == sha256_file(acts)
+
+    acts.write_bytes(good_acts[: len(good_acts) // 2])  # truncated
+    again = grid.run_grid(config, echo=lambda _: None)
+    assert again.status[cell] == "changed" and acts.read_bytes() == good_acts
+    record_path = config.run_dir / "cells" / f"{cell}.json"  # a record of an older version: no sha256
+    record = json.loads(record_path.read_text())
+    del record["artifacts"]["penultimate_sha256"]
+    record_path.write_text(json.dumps(record))
+    assert grid.run_grid(config, dry_run=True, echo=lambda _: None).status[cell] == "done"  # the file reads
+    acts.write_bytes(good_acts[:-10])
+    assert grid.run_grid(config, dry_run=True, echo=lambda _: None).status[cell] == "changed"
+
+    # a kill inside orbax's save (old layout: its temporary inside the model folder, no model.json), a kill
+    # inside this version's save (a temporary folder beside it), and one inside the activations' atomic write
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    shutil.rmtree(model)
+    (model / "state.orbax-checkpoint-tmp-1733000000").mkdir(parents=True)
+    (model / "state.orbax-checkpoint-tmp-1733000000" / "_METADATA").write_text("{")
+    (model.parent / f".{cell}.tmp-{dead.pid}" / "state").mkdir(parents=True)
+    (acts.parent / f".{acts.name}.tmp-{dead.pid}").write_bytes(good_acts[:100])
+    rerun = grid.run_grid(config, echo=lambda _: None)
+    assert rerun.status[cell] == "changed"
+    assert sorted(p.name for p in model.iterdir()) == ["model.json", "state"]
+    assert sorted(p.name for p in model.parent.iterdir()) == [cell]
+    assert sorted(p.name for p in acts.parent.iterdir()) == [f"{cell}.json", acts.name]
+    assert load_model(model).members == 3 and acts.read_bytes() == good_acts
+    assert (config.run_dir / "table1.md").read_text() == good_table
+    assert grid.run_grid(config, echo=lambda _: None).status[cell] == "done"
+
+
+def test_a_dry_run_refuses_an_empty_test_file_naming_it(tmp_path, store, capsys):
+    """Issue 18 #6: an empty test file passed `--dry-run`, then the run ended in scikit-learn's `Found array with
+    0 sample(s)... required by SVC`."""
+    from parrot_jax import cli
+
+    _write_emobox_splits(tmp_path / "splits", store)
+    empty = tmp_path / "splits" / "fold_2" / "demo_test_fold_2.jsonl"
+    empty.write_text("")
+    config = _config_file(tmp_path, store)
+    assert cli.main(["grid", "--config", str(config), "--protocol", "emobox", "--splits", str(tmp_path / "splits"),
+                     "--allow-missing", "--dry-run"]) == 1
+    assert capsys.readouterr().err == (f"parrot grid: error: {empty}: an empty test file (it lists no recording); "
+                                       "every fold needs test rows\n")

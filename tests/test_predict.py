@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,6 +25,7 @@ from parrot_jax.saved_model import load_model, save_model
 from parrot_jax.training import TrainConfig
 
 ENCODERS = ["mfcc-stats", "logmel-stats"]
+REPO = Path(__file__).resolve().parents[1]
 TINY = TrainConfig(epochs=2, batch_size=8, eval_batch_size=8)
 SMALL_MODEL = {"filters": (4, 8), "latent_dim": 8, "hidden": 16}
 
@@ -226,3 +234,193 @@ def test_a_model_of_every_layer_predicts_a_new_recording_as_its_stored_features(
     np.testing.assert_allclose([prediction.probabilities[c] for c in model.class_names], expected, atol=1e-5)
     with pytest.raises(ValueError, match=r"features of wav2vec2-base: expected \[N, \d+, \d+\], got \[1, \d+\]"):
         model.probabilities([np.asarray(stored.matrix[row : row + 1, 0])])
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 18: saved models are checked, saves survive SIGKILL, memory stays bounded
+
+
+def _copy(saved: Path, folder: Path, edit=None) -> Path:
+    """A copy of the saved model `saved`, its model.json changed by `edit(meta)`."""
+    shutil.copytree(saved, folder)
+    if edit is not None:
+        meta = json.loads((folder / "model.json").read_text())
+        edit(meta)
+        (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _set(path: str, value):
+    def edit(meta: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            meta = meta[key]
+        meta[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("class_names", ["anger", "happiness", "neutral"]),
+     r"field class_names: expected 4 distinct names \(model_config.num_classes\), got \[\"anger\", "),
+    (_set("class_names", ["anger", "anger", "neutral", "sadness"]), r"field class_names: expected 4 distinct names"),
+    (_set("standardized", "no"), r"field standardized: expected true or false, got \"no\""),
+    (_set("eval_batch_size", 0), r"field eval_batch_size: expected an int in \[1, 4096\], got 0"),
+    (_set("eval_batch_size", 20000000), r"field eval_batch_size: expected an int in \[1, 4096\], got 20000000"),
+    (_set("eval_batch_size", 8.0), r"field eval_batch_size: expected an int in \[1, 4096\], got 8.0"),
+    (_set("feature_metadata.mfcc-stats.dim", "160"), r"field feature_metadata.mfcc-stats.dim: expected an int >= 1, "
+                                                     r"got \"160\""),
+    (_set("encoders", 5), r"field encoders: expected 2 distinct encoder name\(s\) \(model parrot\), got 5"),
+    (_set("kind", "svm"), r"field kind: expected one of fcn, cnn, parrot, concat, hadamard, ot, got \"svm\""),
+    (_set("model_config.hidden", 32), r"fields model_config and feature_metadata \(dims\) give params of other shapes "
+                                      r"than those in state/ \(first: \['head'\]\['hidden'\]"),
+    (_set("model_config.kernel_size", "3"),
+     r"field model_config: ModelConfig.kernel_size must be an int >= 1, got '3'"),
+    (_set("manifest", None), r"field manifest: expected an object with files"),
+])
+def test_a_tampered_model_json_is_refused_naming_the_file_and_field(saved, tmp_path, edit, message):
+    """Issue 18 #3: a wrong class count dropped a column, "standardized": "no" read as true, and 24 of 45 tampered
+    models ended in errors naming no file (KeyError, TypeError, ZeroDivisionError, ScopeParamShapeError)."""
+    folder = _copy(saved, tmp_path / "m", edit)
+    with pytest.raises(ValueError) as refused:
+        load_model(folder)
+    assert re.match(rf"{re.escape(str(folder / 'model.json'))}: {message}", str(refused.value)), refused.value
+    assert "\n" not in str(refused.value)
+
+
+def test_flipped_bytes_in_a_state_file_are_refused_naming_it(saved, tmp_path):
+    folder = _copy(saved, tmp_path / "m")
+    damaged = max((p for p in (folder / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(damaged.read_bytes())
+    data[:64] = bytes(b ^ 0xFF for b in data[:64])
+    damaged.write_bytes(bytes(data))
+    meta = re.escape(str(folder / "model.json"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(damaged))}: sha256 differs from field manifest.files of "
+                                         rf"{meta} \(the file was changed or damaged\)"):
+        load_model(folder)
+    (folder / "state" / "extra").write_text("x")
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(folder / 'state' / 'extra'))}: not in the manifest"):
+        load_model(folder)
+
+
+def test_a_truncated_state_file_is_one_line_without_event_loop_tracebacks(saved, tmp_path):
+    """Issue 18 #7: orbax reading a truncated file printed the error, then 1-8 `RuntimeError: Event loop is
+    closed` tracebacks; the manifest refuses the file before orbax reads anything."""
+    folder = _copy(saved, tmp_path / "m")
+    for path in (folder / "state").glob("ocdbt.process_0/d/*"):
+        os.truncate(path, 20)
+    done = subprocess.run([sys.executable, "-m", "parrot_jax.cli", "predict", "--model", str(folder), "x.wav"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 1
+    assert re.fullmatch(rf"parrot predict: error: {re.escape(str(folder / 'state'))}/ocdbt.process_0/d/\w+: sha256 "
+                        r"differs from field manifest.files of .*\n", done.stderr), done.stderr
+
+
+def _restated(saved: Path, folder: Path, change) -> Path:
+    """A copy of `saved` whose state/ holds the arrays `change(tree)` made, written with orbax as save_model
+    writes them, its manifest updated to match: the checks after the manifest's must refuse it."""
+    import orbax.checkpoint as ocp
+
+    from parrot_jax.files import sha256_file
+
+    model = load_model(saved)
+    tree = {"params": model.params, "mean": list(model.standardizer.mean), "scale": list(model.standardizer.scale)}
+    change(tree)
+    _copy(saved, folder)
+    shutil.rmtree(folder / "state")
+    ocp.PyTreeCheckpointer().save(folder / "state", tree)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["manifest"]["files"] = {p.relative_to(folder).as_posix(): sha256_file(p)
+                                 for p in (folder / "state").rglob("*") if p.is_file()}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_non_finite_params_zero_scales_and_non_finite_predictions_are_refused(saved, tmp_path):
+    """Issue 18 #3: NaN params or an all-zero scale printed `nan nan nan nan` and exit 0."""
+    def nan_param(tree):
+        tree["params"]["head"]["hidden"]["kernel"][0, 0, 0] = np.nan
+
+    def zero_scale(tree):
+        tree["scale"][1][...] = 0.0
+
+    folder = _restated(saved, tmp_path / "nan", nan_param)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(folder / 'state'))}: params\['head'\]\['hidden'\]"
+                                         r"\['kernel'\] holds 1 NaN/Inf value\(s\)$"):
+        load_model(folder)
+    folder = _restated(saved, tmp_path / "zero", zero_scale)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(folder / 'state'))}: scale\[1\] holds \d+ value\(s\) <= 0"):
+        load_model(folder)
+    model = load_model(saved)
+    nan_params = jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), model.params)
+    nan_model = dataclasses.replace(model, params=nan_params)
+    with pytest.raises(ValueError, match=r"params\['branch_p'\].* holds \d+ NaN/Inf value\(s\)"):
+        save_model(tmp_path / "never", nan_model)
+    assert not (tmp_path / "never").exists()
+    dims = [model.feature_metadata[e]["dim"] for e in model.encoders]
+    rows = [np.ones((3, d), np.float32) for d in dims]
+    rows[1][1, 0] = np.nan
+    # PARROT's transport couples the rows of a batch: one NaN row makes every row of its batch NaN
+    with pytest.raises(ValueError, match=r"^the model's probabilities of row\(s\) \[0, 1, 2\] are not finite \(NaN/Inf "
+                                         r"features or params\)$"):
+        model.probabilities(rows)
+
+
+def test_a_sigkill_inside_a_model_save_leaves_the_old_model_and_the_next_save_recovers(saved, tmp_path):
+    """Issue 18 #2: `parrot predict --model m` killed inside its save left `state.orbax-checkpoint-tmp` in m/,
+    and every later save refused m/. Here a real SIGKILL lands right after orbax has written the new state
+    (the save wrapped in the child process: the library has no hook for it)."""
+    target = _copy(saved, tmp_path / "model")
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    script = (
+        "import os, signal, sys\n"
+        "import orbax.checkpoint as ocp\n"
+        "from parrot_jax.saved_model import load_model, save_model\n"
+        "save = ocp.Checkpointer.save\n"
+        "def killed(self, *args, **kwargs):\n"
+        "    save(self, *args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "ocp.Checkpointer.save = killed\n"
+        "save_model(sys.argv[1], load_model(sys.argv[1]))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    leftover = tmp_path / ".model.tmp-"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(leftover.name)]  # what the kill left
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before  # the old model, untouched
+    model = load_model(target)
+    save_model(target, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    np.testing.assert_array_equal(_leaves(load_model(target).params)[0], _leaves(model.params)[0])
+    # the leftover of an older version's kill: orbax's temporary inside the model folder, no model.json
+    shutil.rmtree(target)
+    (target / "state.orbax-checkpoint-tmp-1733000000").mkdir(parents=True)
+    save_model(target, model)
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "state"]
+
+
+def _peak_rss_of_predict(args: list[str]) -> tuple[int, str]:
+    """(peak resident memory in bytes, stderr) of `parrot predict ARGS` run in a fresh process."""
+    script = ("import resource, sys\nfrom parrot_jax.cli import main\nmain(['predict', *sys.argv[1:]])\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
+    return int(done.stdout.split()[-1]), done.stderr
+
+
+@pytest.mark.slow
+def test_a_10_hour_file_and_a_1_hz_file_are_refused_in_bounded_memory(saved, tmp_path):
+    """Issue 18 #4: `parrot predict` on 10 hours of silence (a 4 KB sparse WAV) took over 4.2 GB, a 40 KB WAV
+    declaring 1 Hz too, a 4 MB one ended in `MemoryError: std::bad_alloc`. Both are refused from their headers."""
+    from test_audio import _sparse_wav
+
+    hours = _sparse_wav(tmp_path / "ten_hours.wav", 16000, 10 * 3600 * 16000)
+    one_hz = _sparse_wav(tmp_path / "one_hz.wav", 1, 2_000_000)
+    for wav, problem in [(hours, "36000.0 s of audio (its header says) is over the limit of 600 s (predict: "
+                                 "--max-seconds)"),
+                         (one_hz, "sample rate 1 Hz is below the 4000 Hz this reads")]:
+        peak, err = _peak_rss_of_predict(["--model", str(saved), str(wav)])
+        assert err == f"parrot predict: error: {wav}: {problem}\n", err
+        assert peak < 1.5 * 2**30, f"{wav.name}: peak RSS {peak / 2**20:.0f} MiB"

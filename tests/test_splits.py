@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from parrot_jax.corpora import parse_name
-from parrot_jax.splits import emobox_folds, make_folds
+from parrot_jax.splits import emobox_folds, make_folds, split_file_hashes
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = SHARED / "emodb" / "wav"
@@ -229,3 +230,56 @@ def test_emobox_cremad_has_one_fold():
                           np.array([spk for _, spk in parsed]))
     (fold,) = splits.folds
     assert len(fold.test) == 1856 and len(fold.train) + len(fold.val) == 5586
+
+
+def _toy_splits(folder: Path, k: int = 1, fold_dir: str | None = None) -> tuple[list[str], list[str], Path]:
+    """Split files of a 12-row toy corpus in ``folder/fold_<k>/`` (train 8, valid 2, test 2): (ids, labels, fold)."""
+    names = [f"{a}_X_{e}" for a in range(6) for e in ("ANG", "SAD")]
+    labels = ["anger" if n.endswith("ANG") else "sadness" for n in names]
+    fold = folder / (fold_dir or f"fold_{k}")
+    fold.mkdir(parents=True)
+    for part, rows in {"train": names[:8], "valid": names[8:10], "test": names[10:]}.items():
+        (fold / f"toy_{part}_fold_{k}.jsonl").write_text(
+            "".join(json.dumps({"wav": f"{n}.wav", "emo": n[-3:]}) + "\n" for n in rows))
+    return names, labels, fold
+
+
+def test_split_files_that_are_not_utf8_empty_fifos_or_doubled_are_refused_naming_them(tmp_path):
+    """Issue 18 #6 and #7: each of these named no file, hung, or silently dropped a fold."""
+    names, labels, fold = _toy_splits(tmp_path)
+    train = fold / "toy_train_fold_1.jsonl"
+    good = train.read_bytes()
+    train.write_bytes(good[:30] + b"\xff" + good[30:])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(train))}:1: not UTF-8 text \(byte 0xff at offset 30\)$"):
+        emobox_folds(tmp_path, names, labels)
+    train.write_bytes(good)
+    (tmp_path / "label_map.json").write_bytes(b'{"ANG": "anger\xff"}')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'label_map.json'))}:1: not UTF-8 text"):
+        emobox_folds(tmp_path, names, labels)
+    (tmp_path / "label_map.json").unlink()
+    test = fold / "toy_test_fold_1.jsonl"
+    kept = test.read_text()
+    for text, why in [("", "it lists no recording"), ('{"wav": "gone.wav", "emo": "ANG"}\n',
+                                                       "none of its 1 rows is in the store")]:
+        test.write_text(text)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(test))}: an empty test file \({why}\); every fold "
+                                             "needs test rows$"):
+            emobox_folds(tmp_path, names, labels, allow_missing=True)
+    test.write_text(kept)
+    train.write_text("\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(train))}: an empty train file \(it lists no recording\)"):
+        emobox_folds(tmp_path, names, labels, allow_missing=True)
+    train.write_bytes(good)
+    test.unlink()
+    os.mkfifo(test)  # reading it would block for ever
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(test))}: not a regular file"):
+        emobox_folds(tmp_path, names, labels)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(test))}: not a regular file"):
+        split_file_hashes(tmp_path)
+    test.unlink()
+    test.write_text(kept)
+    assert len(emobox_folds(tmp_path, names, labels).folds) == 1
+    _toy_splits(tmp_path, 1, "fold_01")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: fold_01/ and fold_1/ are both fold 1; keep "
+                                         "one$"):
+        emobox_folds(tmp_path, names, labels)
