@@ -19,6 +19,7 @@ Before a file is written, its probabilities on random rows are compared with the
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import re
@@ -125,11 +126,11 @@ def export_model(model_dir: str | Path, out: str | Path, file_format: str = "onn
     terms = contract(model, file_format)
     if file_format == "onnx":
         data = onnx_bytes(model, terms)
-        run = _onnx_runner(data)
+        run = onnx_runner(data)
         sidecar = None
     else:
         data = stablehlo_bytes(model)
-        run = _stablehlo_runner(data)
+        run = stablehlo_runner(data)
         sidecar = contract_path(out)
     error, rows = _parity(model, run)
     if not error <= PARITY_TOLERANCE:
@@ -148,13 +149,11 @@ def contract_path(stablehlo_file: str | Path) -> Path:
 
 
 def read_contract(path: str | Path) -> dict[str, Any]:
-    """The contract of an exported file: an ONNX file's metadata_props, or the JSON beside a StableHLO file."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        return {p.key: json.loads(p.value) for p in onnx.load(path, load_external_data=False).metadata_props}
-    return json.loads(contract_path(path).read_text())
+    """The contract of an exported file: the JSON beside a StableHLO file, else an ONNX file's metadata_props."""
+    if contract_path(path).is_file():
+        return json.loads(contract_path(path).read_text())
+    _, onnx = _onnx_packages()
+    return {p.key: json.loads(p.value) for p in onnx.load(Path(path), load_external_data=False).metadata_props}
 
 
 # --- StableHLO ---------------------------------------------------------------------------------------------------
@@ -167,7 +166,8 @@ def stablehlo_bytes(model: SavedModel) -> bytes:
     return bytes(jax.export.export(jax.jit(head_function(model)))(*specs).serialize())
 
 
-def _stablehlo_runner(data: bytes) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+def stablehlo_runner(data: bytes) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """features -> probabilities through a serialised StableHLO head (`jax.export.deserialize`)."""
     exported = jax.export.deserialize(bytearray(data))
     return lambda features: np.asarray(exported.call(*features))
 
@@ -199,7 +199,7 @@ def onnx_model(function: Callable[..., jax.Array], specs: Sequence[jax.ShapeDtyp
                                 output_names=[OUTPUT_NAME], model_name="parrot_jax", return_mode="proto")
     except NotImplementedError as error:
         found = re.search(r"primitive '([^']+)'", str(error))
-        version = f"jax2onnx {jax2onnx.__version__}"
+        version = f"jax2onnx {importlib.metadata.version('jax2onnx')}"
         if found is None:
             detail = " ".join(str(error).split())
             raise ValueError(f"ONNX export of {what}: {version} cannot express part of it ({detail}); "
@@ -222,7 +222,8 @@ def _onnx_packages() -> tuple[Any, Any]:
     return jax2onnx, onnx
 
 
-def _onnx_runner(data: bytes) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+def onnx_runner(data: bytes) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """features (in input order) -> probabilities through an ONNX head, in onnxruntime on the CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
