@@ -126,7 +126,12 @@ def export_model(model_dir: str | Path, out: str | Path, file_format: str = "onn
     terms = contract(model, file_format)
     if file_format == "onnx":
         data = onnx_bytes(model, terms)
-        run = onnx_runner(data)
+        try:
+            run = onnx_runner(data)
+        except Exception as error:  # onnxruntime's InvalidGraph, Fail, ... derive from Exception alone
+            detail = " ".join(str(error).split())[:300]
+            raise ValueError(f"the ONNX graph jax2onnx wrote for {model_dir} does not load in onnxruntime ({detail}); "
+                             "nothing written; --format stablehlo expresses every primitive") from None
         sidecar = None
     else:
         data = stablehlo_bytes(model)

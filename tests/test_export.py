@@ -200,6 +200,24 @@ def test_the_sinkhorn_plan_converts_with_its_convergence_test(tmp_path):
         np.testing.assert_allclose(got, np.asarray(plan(r_p, r_q)), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_graph_onnxruntime_refuses_is_not_written(saved, tmp_path, monkeypatch):
+    """Without the carried loop test (export._while), jax2onnx 0.13.0's Loop for the Sinkhorn is invalid:
+    the export says so in one line and writes nothing."""
+    pytest.importorskip("jax2onnx", reason="ONNX export needs the export extra")
+    from jax.extend.core.primitives import while_p
+
+    from parrot_jax import export
+
+    monkeypatch.setattr(export, "_while", lambda ins, **params: while_p.bind(*ins, **params))
+    with pytest.raises(ValueError) as refused:
+        export_model(saved("ot"), tmp_path / "ot.onnx")
+    assert re.fullmatch(rf"the ONNX graph jax2onnx wrote for {re.escape(str(saved('ot')))} does not load in "
+                        r"onnxruntime \(.*INVALID_GRAPH.*\); nothing written; --format stablehlo expresses every "
+                        r"primitive", str(refused.value))
+    assert not (tmp_path / "ot.onnx").exists()
+
+
 def test_missing_or_tampered_model_is_refused_as_predict_refuses_it(saved, tmp_path, capsys):
     wav = tmp_path / "x.wav"
     wav.write_bytes(b"")
