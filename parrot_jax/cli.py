@@ -1,4 +1,4 @@
-"""The `parrot` command: extract, verify-corpus, grid, predict, demo.
+"""The `parrot` command: extract, verify-corpus, grid, predict, export, demo.
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and sets
 `handler`; the work itself lives in the library modules. All argument parsing of the project is here.
@@ -204,6 +204,34 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="a saved model as one ONNX or StableHLO file that runs without JAX")
+    p.add_argument("--model", type=Path, required=True, help="a saved model folder")
+    p.add_argument("--out", type=Path, required=True, help="the file to write (StableHLO: and FILE.json beside it)")
+    p.add_argument("--format", choices=("onnx", "stablehlo"), default="onnx",
+                   help="onnx (default; needs the export extra: pip install 'parrot_jax[export]') or stablehlo")
+
+    def run(args: argparse.Namespace) -> int:
+        from parrot_jax.export import export_model
+
+        done = export_model(args.model, args.out, args.format)
+        terms = done.contract
+        inputs = ", ".join(f"{i['name']} [{', '.join(str(d) for d in i['shape'])}]" for i in terms["inputs"])
+        beside = f", contract in {done.contract_path}" if done.contract_path else ", contract in its metadata"
+        print(f"exported {terms['kind']} ({terms['members']} member(s)) to {done.path} ({done.format}, "
+              f"{done.path.stat().st_size} bytes){beside}")
+        print(f"inputs: {inputs}; output: probabilities [batch, {len(terms['classes'])}] "
+              f"({', '.join(terms['classes'])})")
+        if terms["rows_coupled"]:
+            print(f"the transport plan couples the rows of one call: feed at most {terms['eval_batch_size']} rows "
+                  "per call, as parrot predict batches them")
+        sizes = " and ".join(str(n) for n in done.parity_rows)
+        print(f"parity with the saved model: max |p difference| {done.max_error:.2g} on random batches of {sizes} rows")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the built-in synthetic corpus")
     p.add_argument("--out", type=Path, default=Path("results/demo"), help="working folder (default: results/demo)")
@@ -277,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help=f"let an error's traceback through (also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_demo):
+    for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_export, _add_demo):
         add(sub)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse collects them on the top parser: the refusal names the subcommand
