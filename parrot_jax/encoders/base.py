@@ -1,7 +1,7 @@
 """The encoder contract: an encoder is a model and its pure batch function; how it runs is not its business.
 
 An encoder turns 16 kHz mono float32 waveforms into one row each (`Encoder`). One that runs a JAX program
-splits the work in two:
+(`ProgramEncoder`: the wav2vec2 family, WavLM, SSAM) splits the work in two:
 
 - on the host, ``batches(waves)`` checks the waves, computes the front end, sorts, buckets and pads them into
   a few batch shapes (`HostBatches.arrays`), and knows how to put the outputs back in the waves' order
@@ -51,7 +51,8 @@ class HostBatches:
 
 
 class Encoder(Protocol):
-    """What the feature store needs from an encoder (see the module docstring for `program` and `batches`)."""
+    """What the feature store needs from an encoder. One without a program (``program`` None or absent)
+    computes its rows on the host in ``embed_batch``."""
 
     name: str
     dim: int  # length of one pooled embedding
@@ -59,22 +60,28 @@ class Encoder(Protocol):
     min_samples: int  # shorter waveforms are refused by the audio layer, naming the file
     options: Any  # the family's embedding options (a frozen dataclass)
     run_options: Any  # the family's run options (a frozen dataclass)
-    program: Program | None  # None: no JAX program (computed on the host by embed_batch)
-    runner: Any  # the `Runner` that runs `program` (set by extraction and predict; None: one device)
-
-    def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:
-        """The host side of embedding `waves` (encoders with a program only)."""
-        ...
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [len(waves), dim] (or [len(waves), layers, dim], see `row_shape`); row i depends on
-        waves[i] only (padding never leaks). With a program: ``runner.embed(self, waves)``."""
+        waves[i] only (padding never leaks)."""
         ...
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able description, recorded in the store: at least ``name``, ``options`` (the embedding
         options), ``run_options``, ``checkpoint_sha256`` (None without a checkpoint), then the family's own
         details (architecture config, front end, library versions)."""
+        ...
+
+
+class ProgramEncoder(Encoder, Protocol):
+    """An encoder that runs a JAX program (see the module docstring); its ``embed_batch(waves)`` is
+    ``runner.run(self, waves)`` (`parrot_jax.encoders.runner.run`)."""
+
+    program: Program
+    runner: Any  # the `Runner` that runs `program`: a class attribute None, set by extraction and predict
+
+    def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:
+        """The host side of embedding `waves`."""
         ...
 
 

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from parrot_jax import distributed as dist
 from parrot_jax.compilation_cache import enable_compilation_cache
-from parrot_jax.encoders.base import Encoder, Program
+from parrot_jax.encoders.base import Encoder, Program, ProgramEncoder
 
 _JITTED: weakref.WeakKeyDictionary[Program, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
@@ -71,7 +71,7 @@ class Runner:
             fn = self._split[program] = dist.data_parallel(jitted(program), self.mesh)
         return fn
 
-    def outputs(self, encoder: Encoder, arrays: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+    def outputs(self, encoder: ProgramEncoder, arrays: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         """The encoder's program on each batch of `arrays`, as numpy."""
         program = encoder.program
         if program is None:
@@ -80,7 +80,7 @@ class Runner:
         fn = self.compiled(program)
         return [np.asarray(fn(program.params, *batch)) for batch in arrays]
 
-    def run(self, encoder: Encoder, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def run(self, encoder: ProgramEncoder, waves: Sequence[np.ndarray]) -> np.ndarray:
         """The encoder's rows of `waves`: its host batches through its program, assembled."""
         work = encoder.batches(waves)
         return work.assemble(self.outputs(encoder, work.arrays))
@@ -92,6 +92,6 @@ class Runner:
                 encoder.runner = self
 
 
-def run(encoder: Encoder, waves: Sequence[np.ndarray]) -> np.ndarray:
+def run(encoder: ProgramEncoder, waves: Sequence[np.ndarray]) -> np.ndarray:
     """``encoder.embed_batch(waves)`` of an encoder with a program: through ``encoder.runner``, else on one device."""
     return (encoder.runner or Runner()).run(encoder, waves)
