@@ -72,12 +72,17 @@ def _child(code: str, env: dict[str, str]) -> str:
 EVERY_FAMILY = f"""
 import json, sys
 import numpy as np
+import soundfile as sf
+from parrot_jax.audio import load_audio
 from parrot_jax.corpora import generate_demo_corpus
 from parrot_jax.encoders import registry, ssam
 from parrot_jax.extraction import extract
+from parrot_jax.features import load_features
+from parrot_jax.predict import predict_files, train_on_corpus
+from parrot_jax.training import TrainConfig
 
 out = sys.argv[1]
-root = generate_demo_corpus(out + "/corpus", seed=2, n_speakers=1, n_texts=2)  # 8 files: chunks of 3, 3, 2
+root = generate_demo_corpus(out + "/corpus", seed=2, n_speakers=1, n_texts=3)  # 12 files: chunks of 5, 5, 2
 def encoders():
     config, params = ssam.load({str(SSAM)!r})
     return [registry.build("wav2vec2-base", {str(HF / "wav2vec2")!r}),
@@ -87,31 +92,41 @@ def encoders():
 rows, devices = {{}}, {{}}
 for spec in ("1", "all"):
     built = encoders()
-    extract("demo", root, built, out + "/" + spec, batch_size=3, progress=False, devices=spec)
+    extract("demo", root, built, out + "/" + spec, batch_size=5, progress=False, devices=spec)
     for e in built:
         rows[spec, e.name] = np.load(out + "/" + spec + "/demo/" + e.name + ".npy")
         devices[spec + " " + e.name] = e.runner.devices if e.program is not None else None
+# predict embeds a new recording (a copy of row 3) on the 4 devices as extraction did
+model, _ = train_on_corpus(out + "/all", "demo", "fcn", ["wav2vec2-base"], TrainConfig(epochs=1, batch_size=4),
+                           {{"filters": (4, 8), "latent_dim": 8, "hidden": 8}}, holdout=1 / 3, val_fraction=0.5)
+stored = load_features(out + "/all", "demo", "wav2vec2-base")
+sf.write(out + "/new.wav", load_audio(root / "wav" / (stored.ids[3] + ".wav")), 16000, subtype="PCM_16")
+[prediction] = predict_files(model, [out + "/new.wav"], {{"wav2vec2-base": {str(HF / "wav2vec2")!r}}})
+expected = dict(zip(model.class_names, model.probabilities([np.asarray(stored.matrix[3:4])])[0].tolist()))
 print(json.dumps({{"devices": devices,
                   "shapes": {{name: list(rows["all", name].shape) for _, name in rows}},
-                  "diff": {{name: float(np.abs(rows["1", name] - rows["all", name]).max()) for _, name in rows}}}}))
+                  "diff": {{name: float(np.abs(rows["1", name] - rows["all", name]).max()) for _, name in rows}},
+                  "predict_diff": max(abs(prediction.probabilities[c] - p) for c, p in expected.items())}}))
 """
 
 
 @pytest.mark.slow
-def test_extraction_on_4_devices_gives_the_one_device_rows_for_every_family(tmp_path: Path):
+def test_extraction_and_predict_on_4_devices_give_the_one_device_rows_for_every_family(tmp_path: Path):
     """One runner per extraction: the attention (wav2vec2, WavLM) and Mamba (SSAM) programs split each batch
     over 4 simulated devices (odd row counts padded) and give the one-device rows; the classical encoder has
-    no program and gives the same bytes."""
+    no program and gives the same bytes. predict embeds a new recording through a runner on the 4 devices
+    too, giving the stored row's probabilities."""
     import json
 
     out = json.loads(_child(EVERY_FAMILY.replace("sys.argv[1]", repr(str(tmp_path))),
                             {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}).splitlines()[-1])
     assert out["devices"] == {"1 wav2vec2-base": 1, "1 wavlm-base": 1, "1 ssam-tiny": 1, "1 mfcc-stats": None,
                               "all wav2vec2-base": 4, "all wavlm-base": 4, "all ssam-tiny": 4, "all mfcc-stats": None}
-    assert out["shapes"] == {"wav2vec2-base": [8, 16], "wavlm-base": [8, 16], "ssam-tiny": [8, 160],
-                             "mfcc-stats": [8, 160]}
+    assert out["shapes"] == {"wav2vec2-base": [12, 16], "wavlm-base": [12, 16], "ssam-tiny": [12, 160],
+                             "mfcc-stats": [12, 160]}
     assert out["diff"]["mfcc-stats"] == 0.0
     assert max(out["diff"].values()) <= 1e-5, out["diff"]
+    assert out["predict_diff"] <= 1e-5, out
 
 
 @pytest.mark.slow

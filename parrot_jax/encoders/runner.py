@@ -92,6 +92,11 @@ class Runner:
                 encoder.runner = self
 
 
+def runner_of(encoder: ProgramEncoder) -> Runner:
+    """The runner given to `encoder` (by extraction or predict), else one on one device."""
+    return encoder.runner or Runner()
+
+
 def run(encoder: ProgramEncoder, waves: Sequence[np.ndarray]) -> np.ndarray:
-    """``encoder.embed_batch(waves)`` of an encoder with a program: through ``encoder.runner``, else on one device."""
-    return (encoder.runner or Runner()).run(encoder, waves)
+    """``encoder.embed_batch(waves)`` of an encoder with a program, through `runner_of(encoder)`."""
+    return runner_of(encoder).run(encoder, waves)

@@ -52,7 +52,7 @@ from parrot_jax.encoders.checkpoints import (
 )
 from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
-from parrot_jax.encoders.runner import Runner, run
+from parrot_jax.encoders.runner import Runner, run, runner_of
 from parrot_jax.files import sha256_file
 
 # ----------------------------------------------------------------------------------------------- front end
@@ -578,7 +578,7 @@ class SSAMEncoder:
 
     def frames(self, chunks: np.ndarray) -> np.ndarray:
         """Per-frame embeddings of normalised log-mel chunks ``[N, 200, 80]`` -> ``[N, 50, frame_dim]``."""
-        outputs = (self.runner or Runner()).outputs(self, self.chunk_batches(chunks))
+        outputs = runner_of(self).outputs(self, self.chunk_batches(chunks))
         return np.concatenate(outputs, axis=0)[: chunks.shape[0]]
 
     def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parrot_jax.encoders import checkpoints as ck
-from parrot_jax.encoders.runner import Runner, jitted, run
+from parrot_jax.encoders.runner import Runner, jitted, run, runner_of
 from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
 from parrot_jax.files import sha256_files
@@ -580,7 +580,7 @@ class AttentionEncoder:
     @property
     def _embed(self) -> Callable[..., Any]:
         """The compiled batch function ``runner`` calls (split over its devices where it has several)."""
-        return (self.runner or Runner()).compiled(self.program)
+        return runner_of(self).compiled(self.program)
 
     @property
     def _embed_one_device(self) -> Callable[..., Any]:
