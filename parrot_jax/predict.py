@@ -80,11 +80,14 @@ class Prediction:
 
 def predict_files(model: SavedModel, files: Sequence[str | Path], checkpoints: Mapping[str, Path] | None = None,
                   max_seconds: float = MAX_SECONDS) -> list[Prediction]:
-    """Emotion and class probabilities of each audio file; a file longer than `max_seconds` is refused
-    (from its header, unread: `audio.read_audio`)."""
+    """Emotion and class probabilities of each audio file, its features embedded as extraction embeds them
+    (one runner for every encoder: this host's devices of ``$PARROT_DEVICES``, the compilation cache); a file
+    longer than `max_seconds` is refused (from its header, unread: `audio.read_audio`)."""
     from parrot_jax.audio import check_length, load_audio
+    from parrot_jax.encoders.runner import Runner
 
     encoders = build_encoders(model, checkpoints)
+    Runner.for_devices().use(encoders)
     features = []
     for encoder in encoders:
         waves = []
