@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from parrot_jax.files import atomic_write, remove_dead_temporaries
+from parrot_jax.files import remove_dead_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 
