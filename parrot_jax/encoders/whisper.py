@@ -221,17 +221,17 @@ def rename(key: str) -> tuple[str, ck.Transform] | None:
     return "/".join(modules + ["kernel"]), (ck.conv_kernel if owner.startswith("conv") else ck.linear_kernel)
 
 
-def encoder_state(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """(the encoder's tensors with their prefix stripped, ignored tensors counted by top-level name).
+def encoder_state(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, int]]:
+    """(the encoder's tensors, each one's transformers name without prefix, ignored tensors counted by top name).
 
     ``model.encoder.*`` (WhisperForConditionalGeneration) or ``encoder.*`` (WhisperModel, encoder-only
     classes); everything else (decoder, proj_out, classifier heads) is ignored, not an error.
     """
     prefix = next((p for p in _HF_PREFIXES if any(k.startswith(p) for k in state)), None)
     if prefix is None:
-        return {}, _count_top(state)
-    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return kept, _count_top({k: v for k, v in state.items() if not k.startswith(prefix)})
+        return {}, {}, _count_top(state)
+    kept = {k: v for k, v in state.items() if k.startswith(prefix)}
+    return kept, {k: k[len(prefix):] for k in kept}, _count_top({k: v for k, v in state.items() if k not in kept})
 
 
 def _count_top(state: dict[str, Any]) -> dict[str, int]:
@@ -260,46 +260,47 @@ _CT2_TOP = {"conv1/weight": "conv1.weight", "conv1/bias": "conv1.bias", "conv2/w
             "layer_norm/gamma": "layer_norm.weight", "layer_norm/beta": "layer_norm.bias"}
 
 
-def ct2_encoder_state(model: ck.CTranslate2Model, source: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """A CTranslate2 WhisperSpec's encoder as transformers-named float32 tensors (+ ignored counts by scope).
+def ct2_encoder_state(model: ck.CTranslate2Model,
+                      source: str) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, int]]:
+    """A CTranslate2 WhisperSpec's encoder: (float32 tensors by their CTranslate2 name, each one's transformers
+    name, ignored variables counted by scope).
 
-    The fused ``self_attention/linear_0`` ([3d, d] weight, [3d] bias) is split into q, k, v; k's bias (zeros
-    written by the converter, and softmax-invariant anyway) is dropped. Quantized (integer) weights are refused.
+    The fused ``self_attention/linear_0`` ([3d, d] weight, [3d] bias) is split into q, k, v (named
+    ``<name>[q]`` ...); k's bias (zeros written by the converter, and softmax-invariant anyway) is dropped.
+    Quantized (integer) weights are refused.
     """
     if model.spec != "WhisperSpec":
         raise ck.CheckpointError(f"{source}: CTranslate2 spec {model.spec!r}; expected 'WhisperSpec'")
-    out: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
     ignored: dict[str, int] = {}
     for name, value in model.variables.items():
         scope, _, rest = name.partition("/")
-        if scope != "encoder" or rest == "num_heads":
-            if scope != "encoder":
-                ignored[scope] = ignored.get(scope, 0) + 1
+        if scope != "encoder":
+            ignored[scope] = ignored.get(scope, 0) + 1
+            continue
+        if rest == "num_heads":
             continue
         if value.dtype.kind in "iu":
             raise ck.CheckpointError(f"{source}: {name} is {value.dtype} (a quantized model); convert it with "
                                      "--quantization float32 or float16")
         value = np.asarray(value, np.float32)
         layer = re.fullmatch(r"layer_(\d+)/(.+)", rest)
-        if layer is None:
-            out[_CT2_TOP.get(rest, name)] = value
-            continue
-        i, tail = layer.groups()
-        if tail in _CT2_NAMES:
-            out[f"layers.{i}.{_CT2_NAMES[tail]}"] = value
-        elif tail in ("self_attention/linear_0/weight", "self_attention/linear_0/bias"):
+        i, tail = layer.groups() if layer else ("", rest)
+        if tail in ("self_attention/linear_0/weight", "self_attention/linear_0/bias"):
             if value.shape[0] % 3:
                 raise ck.CheckpointError(f"{source}: {name} has shape {value.shape}; expected 3 x d_model rows "
                                          "(q, k, v fused)")
-            q, k, v = np.split(value, 3)
             leaf = tail.rsplit("/", 1)[1]
-            out[f"layers.{i}.self_attn.q_proj.{leaf}"] = q
-            out[f"layers.{i}.self_attn.v_proj.{leaf}"] = v
-            if leaf == "weight":
-                out[f"layers.{i}.self_attn.k_proj.weight"] = k
-        else:
-            out[name] = value  # unknown to this module: reported as unexpected by load_params
-    return out, dict(sorted(ignored.items()))
+            for part, piece in zip("qkv", np.split(value, 3)):
+                if part != "k" or leaf == "weight":
+                    state[f"{name}[{part}]"] = piece
+                    names[f"{name}[{part}]"] = f"layers.{i}.self_attn.{part}_proj.{leaf}"
+            continue
+        state[name] = value
+        known = _CT2_NAMES.get(tail) if layer else _CT2_TOP.get(tail)
+        names[name] = f"layers.{i}.{known}" if layer and known else (known or name)  # unknown: reported unexpected
+    return state, names, dict(sorted(ignored.items()))
 
 
 def ct2_config(model: ck.CTranslate2Model, source: str) -> WhisperConfig:
@@ -352,7 +353,7 @@ def load(folder: str | Path) -> Checkpoint:
     if checkpoint_format(folder) == "transformers":
         cfg = WhisperConfig.from_hf(w2v.read_config(folder, ("whisper",)), str(folder / "config.json"))
         files = tuple(w2v.checkpoint_files(folder))
-        state, ignored = encoder_state({k: v for f in files for k, v in ck.read_state_dict(f).items()})
+        state, names, ignored = encoder_state({k: v for f in files for k, v in ck.read_state_dict(f).items()})
         source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
         fmt = "transformers"
     else:
@@ -360,12 +361,12 @@ def load(folder: str | Path) -> Checkpoint:
         source = str(files[0])
         model = ck.read_ctranslate2(files[0])
         cfg = ct2_config(model, source)
-        state, ignored = ct2_encoder_state(model, source)
+        state, names, ignored = ct2_encoder_state(model, source)
         fmt = "ctranslate2"
     module = WhisperEncoder(cfg)
     frames = 2 * cfg.max_source_positions
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, frames, cfg.num_mel_bins)))["params"]
-    params = ck.load_params(template, state, rename, source=source)
+    params = ck.load_params(template, state, lambda key: rename(names[key]), source=source)
     return Checkpoint(fmt, files, cfg, read_front_end(folder, cfg.num_mel_bins, frames), params, ignored)
 
 
