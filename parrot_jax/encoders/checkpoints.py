@@ -375,7 +375,8 @@ def read_ctranslate2(path: str | Path) -> CTranslate2Model:
         shape = tuple(uint("I", f"{name}'s shape") for _ in range(uint("B", f"{name}'s rank")))
         type_id = uint("B", f"{name}'s dtype")
         if type_id >= len(_CT2_DTYPES):
-            raise CheckpointError(f"{path}: variable {name!r} has dtype id {type_id}; expected 0..{len(_CT2_DTYPES) - 1}")
+            raise CheckpointError(f"{path}: variable {name!r} has dtype id {type_id}; "
+                                  f"expected 0..{len(_CT2_DTYPES) - 1}")
         dtype = _CT2_DTYPES[type_id]
         size = uint("I", f"{name}'s byte count")
         if size != int(np.prod(shape)) * dtype.itemsize:
