@@ -30,3 +30,12 @@ def test_plan_pairs_classical_features_only_when_nothing_else_is_present():
                      "standing in for the paper's Mamba and attention encoders"]
     mixed, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-base", "hubert-base"]})
     assert [c.abbrev for c in mixed if c.table == 2] == ["A(B)+H", "A(B)+H"]
+
+
+def test_plan_pairs_a_single_deep_encoder_with_the_classical_features():
+    cells, notes = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "whisper-tiny.en"]})
+    assert [(c.method, c.encoders) for c in cells if c.table == 2] == [
+        ("concat", ("whisper-tiny.en", "mfcc-stats")), ("parrot", ("whisper-tiny.en", "mfcc-stats"))]
+    assert [c.abbrev for c in cells if c.table == 1] == ["Wh-T.en", "MFCC"] * 3
+    assert notes == ["emodb: one Mamba/attention encoder present (whisper-tiny.en): Table 2 pairs it with the "
+                     "classical features (mfcc-stats), standing in for the paper's other encoders"]
