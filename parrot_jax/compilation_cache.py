@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache for the project's programs (encoders and trainer alike)."""
+"""JAX's persistent compilation cache for the project's programs (encoder runner and trainer alike)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def enable_compilation_cache(path: str | Path | None = None) -> Path:
     (default ``$XDG_CACHE_HOME/parrot_jax/jax`` or ``~/.cache/parrot_jax/jax``), unless the user already
     set a folder; returns the folder in use.
 
-    Opt-in: importing the library never calls it; building an attention encoder, the grid command and
-    the benchmarks do. A second process with programs of the same shapes loads their executables (on a
+    Opt-in: importing the library never calls it; the encoder runner (`parrot_jax.encoders.runner`), the
+    grid command and the benchmarks do. A second process with programs of the same shapes loads their executables (on a
     GPU with XLA's tuned convolutions) instead of compiling them. Programs of any compile time are kept
     (JAX's default keeps only those over 1 s), since a cell's small programs (init, evaluation) add up too.
     """

@@ -12,7 +12,8 @@ published only where the chunks' ids are exactly the manifest's, in order. One e
 store: `extract` holds the store's lock (``.lock``, `parrot_jax.locks`) throughout and refuses a second
 writer at once.
 
-Devices and hosts: encoders that run a JAX program split each batch over this host's chosen devices;
+Devices and hosts: one `parrot_jax.encoders.runner.Runner` runs every encoder's JAX program (jitted, each
+batch split over this host's chosen devices, compiled programs kept in the persistent compilation cache);
 under several processes each host embeds its share of the chunks and host 0 assembles the store.
 """
 
@@ -34,6 +35,7 @@ from parrot_jax.corpora import (
     FILE_NAME, Utterance, audio_folder, corpus_name, demo_corpus_root, load_manifest, resolve_inside,
 )
 from parrot_jax.encoders import registry
+from parrot_jax.encoders.base import Encoder, row_shape
 from parrot_jax.features import FORMAT_VERSION, fingerprint, manifest_sha256, read_metadata, write_store_manifest
 from parrot_jax.files import atomic_write, remove_temporaries, sha256_file, sha256_json, write_json
 from parrot_jax.locks import exclusive
@@ -98,7 +100,7 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-def _build(encoder: str | registry.EncoderSpec | registry.Encoder, checkpoints: Mapping[str, Path]) -> registry.Encoder:
+def _build(encoder: str | registry.EncoderSpec | Encoder, checkpoints: Mapping[str, Path]) -> Encoder:
     if isinstance(encoder, str):
         return registry.build(encoder, checkpoints.get(encoder))
     if isinstance(encoder, registry.EncoderSpec):
@@ -110,7 +112,7 @@ def _build(encoder: str | registry.EncoderSpec | registry.Encoder, checkpoints: 
 class _Job:
     """One encoder's extraction: where its chunks go and which are still to do."""
 
-    encoder: registry.Encoder
+    encoder: Encoder
     encoder_metadata: dict[str, Any]  # encoder.metadata(), asked once (it may hash a large checkpoint)
     fingerprint: str  # of the finished entry (features.fingerprint)
     partial: Path
@@ -136,7 +138,7 @@ def _up_to_date(store: Path, name: str, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("features_sha256") == sha256_file(npy_path)
 
 
-def _start_job(store: Path, encoder: registry.Encoder, encoder_metadata: dict[str, Any], identity: str,
+def _start_job(store: Path, encoder: Encoder, encoder_metadata: dict[str, Any], identity: str,
                batch_size: int, n_chunks: int) -> _Job:
     partial = store / ".partial" / encoder.name
     state = partial / "state.json"
@@ -182,7 +184,7 @@ def _embed_chunk(
             continue
         batch.append(wave)
         batch_index.append(i)
-    shape = registry.row_shape(encoder)
+    shape = row_shape(encoder)
     rows = np.zeros((0, *shape), np.float32)
     if batch:
         rows = np.asarray(encoder.embed_batch(batch))
@@ -266,7 +268,7 @@ def _finish(
     if len(rejects) == len(manifest):
         raise ValueError(f"encoder {encoder.name!r}: every file of {corpus!r} was rejected, e.g. {rejects[0]}")
     npy = store / f"{encoder.name}.npy"
-    _write_matrix(npy, chunks, sum(accepted), registry.row_shape(encoder))
+    _write_matrix(npy, chunks, sum(accepted), row_shape(encoder))
     cell = lambda text: " ".join(text.split())  # noqa: E731  (one line, no tabs)
     tsv = "id\tpath\treason\n" + "".join(f"{cell(r['id'])}\t{cell(r['path'])}\t{cell(r['reason'])}\n" for r in rejects)
     atomic_write(store / f"{encoder.name}.rejects.tsv", lambda f: f.write(tsv.encode()))
@@ -280,7 +282,7 @@ def _finish(
         "encoder_options": encoder_metadata["options"],
         "checkpoint_sha256": encoder_metadata["checkpoint_sha256"],
         "dim": encoder.dim,
-        **({"layers": registry.row_shape(encoder)[0]} if len(registry.row_shape(encoder)) == 2 else {}),
+        **({"layers": row_shape(encoder)[0]} if len(row_shape(encoder)) == 2 else {}),
         "sample_rate": encoder.sample_rate,
         "min_samples": encoder.min_samples,
         "batch_size": batch_size,
@@ -315,7 +317,7 @@ def _corpus_root(corpus: str, root: Path | None) -> Path:
 def extract(
     corpus: str,
     root: Path | None,
-    encoders: Sequence[str | registry.Encoder],
+    encoders: Sequence[str | Encoder],
     out: Path,
     batch_size: int = 16,
     on_error: str = "raise",
@@ -344,7 +346,9 @@ def extract(
     `start_over`, which empties it first.
 
     Devices and hosts (`parrot_jax.distributed`): `devices` (default `$PARROT_DEVICES`, else all) picks the
-    devices; encoders with ``use_devices`` split each batch over this host's chosen ones. Under several
+    devices; one runner (`parrot_jax.encoders.runner`) runs every encoder's program with each batch split
+    over this host's chosen ones, and its compiled programs in the persistent compilation cache (the folder
+    of an encoder's ``compilation_cache`` run option where it has one). Under several
     processes (jax.distributed) each host embeds its own contiguous share of the chunks into the shared
     `.partial/` folder (`out` must be on a filesystem every host sees); host 0 prepares the store first
     and alone assembles the matrices and metadata, so the store is written exactly as by one process.
@@ -366,12 +370,13 @@ def extract(
 
 
 def _extract(
-    corpus: str, root: Path, encoders: Sequence[str | registry.Encoder], store: Path, store_name: str,
+    corpus: str, root: Path, encoders: Sequence[str | Encoder], store: Path, store_name: str,
     batch_size: int, on_error: str, checkpoints: Mapping[str, Path], progress: bool, devices: str | None,
     start_over: bool,
 ) -> ExtractSummary:
     """`extract`'s work, under the store's lock (on host 0)."""
     from parrot_jax import distributed as dist
+    from parrot_jax.encoders.runner import Runner
 
     start = time.perf_counter()
     manifest = load_manifest(corpus, root)
@@ -384,10 +389,7 @@ def _extract(
             raise ValueError(f"encoder name {name!r} cannot name a file; expected letters, digits, '.', '_', '-'")
     if len(set(names)) != len(names):
         raise ValueError(f"encoders given twice: {names}")
-    mesh = dist.local_mesh(dist.make_mesh(dist.select_devices(devices)))
-    for encoder in built:
-        if mesh.devices.size > 1 and hasattr(encoder, "use_devices"):
-            encoder.use_devices(mesh)
+    Runner.for_devices(devices).use(built)  # how every encoder's program runs: devices, sharding, cache
     if dist.is_coordinator():
         remove_temporaries(store)
         write_store_manifest(store, store_name, manifest, str(root), start_over)
@@ -429,7 +431,7 @@ def _extract(
 
 
 def _plan_jobs(
-    built: Sequence[registry.Encoder], store: Path, corpus: str, manifest: Sequence[Utterance], digest: str,
+    built: Sequence[Encoder], store: Path, corpus: str, manifest: Sequence[Utterance], digest: str,
     batch_size: int, on_error: str, n_chunks: int,
 ) -> tuple[dict[str, EncoderSummary], list[_Job]]:
     """Summaries of the encoders already up to date, and a job (chunks to do) for each other one."""

@@ -79,10 +79,13 @@ class Prediction:
 
 def predict_files(model: SavedModel, files: Sequence[str | Path],
                   checkpoints: Mapping[str, Path] | None = None) -> list[Prediction]:
-    """Emotion and class probabilities of each audio file."""
+    """Emotion and class probabilities of each audio file, its features embedded as extraction embeds them
+    (one runner for every encoder: this host's devices of ``$PARROT_DEVICES``, the compilation cache)."""
     from parrot_jax.audio import check_length, load_audio
+    from parrot_jax.encoders.runner import Runner
 
     encoders = build_encoders(model, checkpoints)
+    Runner.for_devices().use(encoders)
     features = []
     for encoder in encoders:
         waves = []

@@ -1,6 +1,8 @@
 """Classical (non-neural) encoders: utterance statistics of MFCCs and log-mel energies, eGeMAPS functionals.
 
-They follow the `Encoder` protocol of `registry.py` and need no checkpoint. Frames are 25 ms periodic-Hann
+They follow the `Encoder` contract of `base.py` with no JAX program (``program = None``): ``embed_batch``
+computes each wave's row on the host, so devices, sharding and the compilation cache do not apply; they
+need no checkpoint. Frames are 25 ms periodic-Hann
 windows (n_fft 400 at 16 kHz) every 10 ms (hop 160), centred (n_fft/2 zeros padded at each end, librosa's
 default); P = |STFT|^2; M = Slaney-normalised mel filterbank (librosa.filters.mel, 0-8 kHz) applied to P.
 
@@ -19,6 +21,7 @@ refused by the feature store, naming the file.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,11 +69,25 @@ def _metadata(encoder: Any, config: dict[str, Any], pooling: str, versions: dict
             "pooling": pooling, **versions}
 
 
-class MfccStats:
-    """Mean and standard deviation over frames of MFCCs (and of their deltas)."""
+class HostEncoder(ABC):
+    """What the classical encoders share: no program, no run options, one row per wave by ``embed_one``."""
 
     sample_rate = SAMPLE_RATE
     run_options = NoOptions()
+    program = None  # no JAX program: nothing for a runner to place (parrot_jax.encoders.base)
+    dim: int
+
+    @abstractmethod
+    def embed_one(self, wave: np.ndarray) -> np.ndarray:
+        """float32 [dim]: the row of one wave."""
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [len(waves), dim]: `embed_one` of each wave."""
+        return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
+
+
+class MfccStats(HostEncoder):
+    """Mean and standard deviation over frames of MFCCs (and of their deltas)."""
 
     def __init__(self, name: str = "mfcc-stats", options: MfccOptions = MfccOptions()):
         self.name, self.options = name, options
@@ -90,9 +107,6 @@ class MfccStats:
             parts += [d.mean(axis=1), d.std(axis=1)]
         return np.concatenate(parts).astype(np.float32)
 
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
-
     def metadata(self) -> dict[str, Any]:
         import librosa
 
@@ -101,12 +115,10 @@ class MfccStats:
         return _metadata(self, config, "mean+std over frames", {"librosa_version": librosa.__version__})
 
 
-class LogmelStats:
+class LogmelStats(HostEncoder):
     """Mean and standard deviation over frames of log-mel energies (dB)."""
 
-    sample_rate = SAMPLE_RATE
     min_samples = N_FFT
-    run_options = NoOptions()
 
     def __init__(self, name: str = "logmel-stats", options: LogmelOptions = LogmelOptions()):
         self.name, self.options, self.n_mels = name, options, options.n_mels
@@ -119,9 +131,6 @@ class LogmelStats:
         logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
         return np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)]).astype(np.float32)
 
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
-
     def metadata(self) -> dict[str, Any]:
         import librosa
 
@@ -130,13 +139,11 @@ class LogmelStats:
         return _metadata(self, config, "mean+std over frames", {"librosa_version": librosa.__version__})
 
 
-class Egemaps:
+class Egemaps(HostEncoder):
     """openSMILE's eGeMAPSv02 functionals (88 per utterance)."""
 
-    sample_rate = SAMPLE_RATE
     dim = 88
     min_samples = SAMPLE_RATE // 10  # openSMILE's F0/jitter functionals need a few 60 ms frames
-    run_options = NoOptions()
 
     def __init__(self, name: str = "egemaps", options: NoOptions = NoOptions()):
         try:
@@ -156,9 +163,6 @@ class Egemaps:
         if values.shape != (self.dim,):
             raise ValueError(f"encoder 'egemaps': openSMILE returned {values.shape[0]} values, expected {self.dim}")
         return values
-
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        return np.stack([self.embed_one(np.asarray(w, np.float32)) for w in waves]).reshape(len(waves), self.dim)
 
     def metadata(self) -> dict[str, Any]:
         config = {"feature_set": "eGeMAPSv02", "feature_level": "Functionals"}

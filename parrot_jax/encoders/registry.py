@@ -4,6 +4,10 @@ An encoder turns 16 kHz mono float32 waveforms into one pooled vector each:
 
     encoder.embed_batch([wave_1, ..., wave_B]) -> float32 [B, encoder.dim]
 
+It is a model and its pure batch function; where that runs (devices, compilation cache) is decided by
+one runner for every family (the contract: `parrot_jax.encoders.base`; the runner:
+`parrot_jax.encoders.runner`).
+
 `build(name, checkpoint, **options)` builds one; its options are its family's embedding options (what
 changes the numbers: recorded in the store, rebuilt exactly by predict) and run options (how they are
 computed), see `parrot_jax.encoders.options`. On the command line an encoder list is written
@@ -23,46 +27,11 @@ import importlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any
 
-import numpy as np
-
+from parrot_jax.encoders.base import Encoder
 from parrot_jax.encoders.options import known
 from parrot_jax.text_values import field_names, parse_value
-
-
-class Encoder(Protocol):
-    """What the feature store needs from an encoder.
-
-    An encoder that runs a JAX program may also offer ``use_devices(mesh)``: afterwards each batch is
-    split over the mesh's devices (this host's), with the same rows (`parrot_jax.distributed.data_parallel`).
-    The store calls it when more than one local device is chosen.
-    """
-
-    name: str
-    dim: int  # length of one pooled embedding
-    sample_rate: int  # the rate `embed_batch` expects (16 kHz for every encoder here)
-    min_samples: int  # shorter waveforms are refused by the audio layer, naming the file
-    options: Any  # the family's embedding options (a frozen dataclass)
-    run_options: Any  # the family's run options (a frozen dataclass)
-
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [len(waves), dim] (or [len(waves), layers, dim], see `row_shape`); row i depends on
-        waves[i] only (padding never leaks)."""
-        ...
-
-    def metadata(self) -> dict[str, Any]:
-        """JSON-able description, recorded in the store: at least ``name``, ``options`` (the embedding
-        options), ``run_options``, ``checkpoint_sha256`` (None without a checkpoint), then the family's own
-        details (architecture config, front end, library versions)."""
-        ...
-
-
-def row_shape(encoder: Encoder) -> tuple[int, ...]:
-    """Shape of one utterance's embedding: (dim,), or (layers, dim) for an encoder whose ``layers`` attribute
-    is set (every hidden state pooled alone: the attention encoders' ``layer="all"``)."""
-    layers = getattr(encoder, "layers", None)
-    return (layers, encoder.dim) if layers else (encoder.dim,)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ from parrot_jax.encoders.checkpoints import (
     load_params,
     read_torch_file,
 )
+from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
+from parrot_jax.encoders.runner import Runner, run, runner_of
 from parrot_jax.files import sha256_file
 
 # ----------------------------------------------------------------------------------------------- front end
@@ -535,13 +537,16 @@ def option_classes(name: str) -> tuple[type, type]:
 class SSAMEncoder:
     """The registry's Encoder: waves -> mean-pooled SSAM embeddings ``[B, config.frame_dim]``.
 
-    All chunks of all waves of a call are run together in batches of ``chunk_batch`` (the last batch
-    zero-filled, so one compiled shape serves every call); every chunk is an independent forward, so row
-    ``i`` depends on wave ``i`` only.
+    Its program is the encoder's forward ``(params, chunks [chunk_batch, 200, 80]) -> frames [chunk_batch, 50,
+    frame_dim]``; on the host, `batches` computes the log-mel chunks of every wave of a call and runs them
+    together in batches of ``chunk_batch`` (the last batch zero-filled, so one compiled shape serves every
+    call), and pools each wave's frames. Every chunk is an independent forward, so row ``i`` depends on wave
+    ``i`` only. How it runs (devices, compilation cache) is ``runner``'s (`parrot_jax.encoders.runner`).
     """
 
     sample_rate = SAMPLE_RATE
     min_samples = MIN_SAMPLES
+    runner: Runner | None = None
 
     def __init__(self, name: str, config: SSAMConfig, params: Any, checkpoint: Path | None = None,
                  chunk_batch: int = 8) -> None:
@@ -553,28 +558,32 @@ class SSAMEncoder:
         self.run_options = RunOptions(config.scan, chunk_batch)
         self.chunk_batch = chunk_batch
         self.dim = config.frame_dim
-        self._forward = self._forward_one_device = jax.jit(AudioMamba(config).apply)
+        module = AudioMamba(config)
+
+        def forward(params: Any, chunks: jax.Array) -> jax.Array:
+            return module.apply({"params": params}, chunks)
+
+        self.program = Program(forward, params)
         self._sha256: str | None = None
 
-    def use_devices(self, mesh: Any) -> None:
-        """Split each chunk batch over the devices of `mesh` (a `jax.sharding.Mesh` of this host's
-        devices; see parrot_jax.distributed.data_parallel): the same rows, computed data-parallel."""
-        from parrot_jax.distributed import data_parallel
-
-        one = self._forward_one_device
-        self._forward = data_parallel(one, mesh) if mesh.devices.size > 1 else one
-
-    def frames(self, chunks: np.ndarray) -> np.ndarray:
-        """Per-frame embeddings of normalised log-mel chunks ``[N, 200, 80]`` -> ``[N, 50, frame_dim]``."""
+    def chunk_batches(self, chunks: np.ndarray) -> list[tuple[np.ndarray]]:
+        """``[N, 200, 80]`` chunks in batches of ``chunk_batch``, the last one zero-filled."""
         out = []
         for start in range(0, chunks.shape[0], self.chunk_batch):
             part = chunks[start : start + self.chunk_batch]
             filled = np.zeros((self.chunk_batch,) + part.shape[1:], np.float32)
             filled[: part.shape[0]] = part
-            out.append(np.asarray(self._forward({"params": self.params}, filled))[: part.shape[0]])
-        return np.concatenate(out, axis=0)
+            out.append((filled,))
+        return out
 
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def frames(self, chunks: np.ndarray) -> np.ndarray:
+        """Per-frame embeddings of normalised log-mel chunks ``[N, 200, 80]`` -> ``[N, 50, frame_dim]``."""
+        outputs = runner_of(self).outputs(self, self.chunk_batches(chunks))
+        return np.concatenate(outputs, axis=0)[: chunks.shape[0]]
+
+    def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:
+        """Every wave's log-mel chunks, together in batches of ``chunk_batch``; assembled: each wave's frames
+        joined and mean-pooled (`pool_frames`)."""
         chunked = []
         for i, wave in enumerate(waves):
             wave = np.asarray(wave)
@@ -584,14 +593,24 @@ class SSAMEncoder:
             if not np.isfinite(wave).all():
                 raise ValueError(f"{self.name}: wave {i} contains NaN or infinite samples")
             chunked.append(chunk_spectrogram(log_mel(wave), self.config.chunk_frames))
-        if not chunked:
-            return np.zeros((0, self.dim), np.float32)
-        frames = self.frames(np.concatenate([c for c, _ in chunked], axis=0))
-        pooled, start = [], 0
-        for chunks, pad in chunked:
-            pooled.append(pool_frames(frames[start : start + len(chunks)], pad, self.config.chunk_frames))
-            start += len(chunks)
-        return np.stack(pooled).astype(np.float32)
+        n_chunks = sum(len(c) for c, _ in chunked)
+
+        def assemble(outputs: list[np.ndarray]) -> np.ndarray:
+            if not chunked:
+                return np.zeros((0, self.dim), np.float32)
+            frames = np.concatenate(outputs, axis=0)[:n_chunks]
+            pooled, start = [], 0
+            for chunks, pad in chunked:
+                pooled.append(pool_frames(frames[start : start + len(chunks)], pad, self.config.chunk_frames))
+                start += len(chunks)
+            return np.stack(pooled).astype(np.float32)
+
+        arrays = self.chunk_batches(np.concatenate([c for c, _ in chunked], axis=0)) if chunked else []
+        return HostBatches(arrays, assemble)
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 ``[len(waves), dim]``, through ``runner``."""
+        return run(self, waves)
 
     def metadata(self) -> dict[str, Any]:
         if self.checkpoint is not None and self._sha256 is None:

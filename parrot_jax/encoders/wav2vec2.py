@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parrot_jax.compilation_cache import enable_compilation_cache
 from parrot_jax.encoders import checkpoints as ck
+from parrot_jax.encoders.runner import Runner, jitted, run, runner_of
+from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
 from parrot_jax.files import sha256_files
 
@@ -537,9 +538,12 @@ def option_classes(name: str) -> tuple[type, type]:
 
 
 class AttentionEncoder:
-    """The registry's Encoder for a wav2vec2-family checkpoint folder."""
+    """The registry's Encoder for a wav2vec2-family checkpoint folder: the model, its pure batch function
+    ``(params, wave [B, S], length [B]) -> pooled [B, dim]`` (`program`) and the host batches (`batches`).
+    How it runs (devices, compilation cache) is ``runner``'s (`parrot_jax.encoders.runner`)."""
 
     sample_rate = 16_000
+    runner: Runner | None = None
 
     def __init__(self, name: str, folder: Path, model: Callable[[Wav2Vec2Config], nn.Module],
                  expected_types: Sequence[str], options: EmbeddingOptions = EmbeddingOptions(),
@@ -564,21 +568,24 @@ class AttentionEncoder:
         self.min_samples = self.config.min_samples
         self.dim = self.config.hidden_size * (2 if options.pooling == "mean+std" else 1)
         self.layers = n_states if options.layer == "all" else None  # rows are [layers, dim] when set
-        self.cache_dir = enable_compilation_cache(run_options.compilation_cache)
         module = model(self.config)
+
         def embed(params: Any, wave: jax.Array, length: jax.Array) -> jax.Array:
             states, last, frames = module.apply({"params": params}, wave, length)
             return pool(states, last, frames, options.layer, options.pooling)
 
-        self._embed = self._embed_one_device = jax.jit(embed)
+        self.program = Program(embed, self.params)
         self._quantum = int(np.prod(self.config.conv_stride))
 
-    def use_devices(self, mesh: Any) -> None:
-        """Split each batch over the devices of `mesh` (a `jax.sharding.Mesh` of this host's devices;
-        see parrot_jax.distributed.data_parallel): the same rows, computed data-parallel."""
-        from parrot_jax.distributed import data_parallel
+    @property
+    def _embed(self) -> Callable[..., Any]:
+        """The compiled batch function ``runner`` calls (split over its devices where it has several)."""
+        return runner_of(self).compiled(self.program)
 
-        self._embed = data_parallel(self._embed_one_device, mesh) if mesh.devices.size > 1 else self._embed_one_device
+    @property
+    def _embed_one_device(self) -> Callable[..., Any]:
+        """The compiled batch function on one device."""
+        return jitted(self.program)
 
     def prepare(self, wave: np.ndarray) -> np.ndarray:
         """float32 1-D wave, zero-mean unit-variance where preprocessor_config.json says do_normalize."""
@@ -589,23 +596,35 @@ class AttentionEncoder:
             raise ValueError("wave holds NaN or infinite samples")
         return self._normalize([x], None)[0].astype(np.float32) if self.do_normalize else x
 
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [len(waves), dim] ([len(waves), L+1, dim] with layer="all"): sorted by length, grouped,
-        padded to a bucket length, embedded."""
+    def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:
+        """The prepared waves sorted by length and grouped by ``batch_size``; each group padded to a bucket
+        length and to a power of two rows (filler rows: full-length silence, never all-masked)."""
         xs = [self.prepare(w) for w in waves]
-        out = np.zeros((len(xs), *((self.layers,) if self.layers else ()), self.dim), np.float32)
         order = sorted(range(len(xs)), key=lambda i: xs[i].size)
-        for start in range(0, len(order), self.run_options.batch_size):
-            idx = order[start: start + self.run_options.batch_size]
+        groups = [order[start: start + self.run_options.batch_size]
+                  for start in range(0, len(order), self.run_options.batch_size)]
+        arrays = []
+        for idx in groups:
             rows = min(1 << (len(idx) - 1).bit_length(), self.run_options.batch_size)
             size = bucket_length(xs[idx[-1]].size, self._quantum, self.run_options.bucket_ratio)
             wave = np.zeros((rows, size), np.float32)
-            length = np.full((rows,), size, np.int32)  # filler rows: full-length silence (never all-masked)
+            length = np.full((rows,), size, np.int32)
             for r, i in enumerate(idx):
                 wave[r, : xs[i].size] = xs[i]
                 length[r] = xs[i].size
-            out[idx] = np.asarray(self._embed(self.params, wave, length))[: len(idx)]
-        return out
+            arrays.append((wave, length))
+
+        def assemble(outputs: list[np.ndarray]) -> np.ndarray:
+            out = np.zeros((len(xs), *((self.layers,) if self.layers else ()), self.dim), np.float32)
+            for idx, rows in zip(groups, outputs):
+                out[idx] = rows[: len(idx)]
+            return out
+
+        return HostBatches(arrays, assemble)
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [len(waves), dim] ([len(waves), L+1, dim] with layer="all"), through ``runner``."""
+        return run(self, waves)
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
