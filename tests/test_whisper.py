@@ -161,7 +161,7 @@ def test_encoder_protocol_registry_and_bad_waves():
     assert meta["checkpoint"] == ["model.bin"] and meta["format"] == "ctranslate2"
     assert len(meta["checkpoint_sha256"]) == 64
     assert meta["options"] == {"layer": "last", "pooling": "mean", "frames": "audio"}
-    assert meta["run_options"] == {"batch_size": 4} and meta["front_end"]["n_mels"] == 80
+    assert meta["run_options"] == {"batch_size": 4, "compilation_cache": None} and meta["front_end"]["n_mels"] == 80
     json.dumps(meta)
     with pytest.raises(ValueError, match="at least 320 samples"):
         enc.embed_batch([np.zeros(319, np.float32)])

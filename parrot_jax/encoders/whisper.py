@@ -43,7 +43,9 @@ import numpy as np
 
 from parrot_jax.encoders import checkpoints as ck
 from parrot_jax.encoders import wav2vec2 as w2v
+from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
+from parrot_jax.encoders.runner import Runner, run
 from parrot_jax.files import sha256_files
 
 SAMPLE_RATE = 16_000
@@ -394,11 +396,13 @@ class EmbeddingOptions(w2v.EmbeddingOptions):
 class RunOptions:
     """How the embedding is computed (never part of a feature set's identity).
 
-    batch_size: most 30 s windows per compiled call (a last, smaller group is padded to a power of two rows).
-    Every window has the same length (Whisper always encodes 30 s), so there is nothing to bucket.
+    batch_size: most 30 s windows per program call (a last, smaller group is padded to a power of two rows).
+        Every window has the same length (Whisper always encodes 30 s), so there is nothing to bucket.
+    compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
     """
 
     batch_size: int = 4
+    compilation_cache: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool) and self.batch_size >= 1):
@@ -411,9 +415,9 @@ def option_classes(name: str) -> tuple[type, type]:
 
 
 def window_moments(module: WhisperEncoder, layer: Any, params: Any, features: jax.Array,
-                   frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+                   frames: jax.Array) -> jax.Array:
     """The pure batch function: per window, the mean and the sum of squared deviations M2 of the chosen
-    hidden state over its first `frames` frames: [B, D] each ([B, L+1, D] with layer="all").
+    hidden state over its first `frames` frames, stacked: [B, 2, D] ([B, 2, L+1, D] with layer="all").
 
     features: [B, 2 * max_source_positions, n_mels] log-mel windows; frames: [B] int (>= 1).
     """
@@ -430,7 +434,7 @@ def window_moments(module: WhisperEncoder, layer: Any, params: Any, features: ja
     n = frames.astype(h.dtype).reshape((-1,) + (1,) * (h.ndim - 2))
     mean = jnp.einsum("bt,b...td->b...d", mask, h) / n  # sums over time as products: see wav2vec2.pool
     m2 = jnp.einsum("bt,b...td->b...d", mask, jnp.square(h - mean[..., None, :]))
-    return mean, m2
+    return jnp.stack([mean, m2], axis=1)
 
 
 def combine(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray, pooling: str) -> np.ndarray:
@@ -448,16 +452,19 @@ def combine(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray, pooling: str
 
 
 class WhisperEmbedder:
-    """The registry's Encoder for a Whisper checkpoint folder (transformers or CTranslate2)."""
+    """The registry's Encoder for a Whisper checkpoint folder (transformers or CTranslate2): the model, its
+    pure batch function ``(params, log-mel windows [B, T, n_mels], frames [B]) -> moments [B, 2, ...]``
+    (`program`) and the host batches (`batches`: front end, 30 s windows, pooling of a wave's windows).
+    How it runs (devices, compilation cache) is ``runner``'s (`parrot_jax.encoders.runner`)."""
 
     sample_rate = SAMPLE_RATE
+    runner: Runner | None = None
 
     def __init__(self, name: str, folder: Path, options: EmbeddingOptions = EmbeddingOptions(),
                  run_options: RunOptions = RunOptions()):
         self.name, self.folder, self.options, self.run_options = name, Path(folder), options, run_options
         self.checkpoint = load(self.folder)
-        self.config, self.front_end, self.params = self.checkpoint.config, self.checkpoint.front_end, \
-            self.checkpoint.params
+        self.config, self.front_end = self.checkpoint.config, self.checkpoint.front_end
         n_states = self.config.encoder_layers + 1
         if isinstance(options.layer, int) and not 0 <= options.layer < n_states:
             raise ValueError(f"layer={options.layer}; expected 0..{n_states - 1} or 'last'")
@@ -467,7 +474,8 @@ class WhisperEmbedder:
         self.min_samples = self.frame_samples
         self.dim = self.config.d_model * (2 if options.pooling == "mean+std" else 1)
         self.layers = n_states if options.layer == "all" else None  # rows are [layers, dim] when set
-        self._moments = jax.jit(functools.partial(window_moments, WhisperEncoder(self.config), options.layer))
+        apply = functools.partial(window_moments, WhisperEncoder(self.config), options.layer)
+        self.program = Program(apply, self.checkpoint.params)
 
     def prepare(self, wave: np.ndarray) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float32)
@@ -486,31 +494,37 @@ class WhisperEmbedder:
         return [(p, full if self.options.frames == "all" else min(p.size // self.frame_samples, full))
                 for p in pieces]
 
-    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [len(waves), dim] ([len(waves), L+1, dim] with layer="all"): every 30 s window of every
-        wave encoded in groups of batch_size, each wave's windows pooled together."""
+    def batches(self, waves: Sequence[np.ndarray]) -> HostBatches:
+        """Every 30 s window of every wave as a log-mel row, in groups of batch_size (padded to a power of two
+        rows: silence pooled over one frame); `assemble` pools each wave's windows together (`combine`)."""
         jobs = [(i, *window) for i, wave in enumerate(waves) for window in self.windows(self.prepare(wave))]
-        means: list[np.ndarray] = []
-        m2s: list[np.ndarray] = []
-        batch = self.run_options.batch_size
-        frames_per_window = 2 * self.config.max_source_positions
-        for start in range(0, len(jobs), batch):
-            group = jobs[start: start + batch]
+        batch, frames_per_window = self.run_options.batch_size, 2 * self.config.max_source_positions
+        groups = [jobs[start: start + batch] for start in range(0, len(jobs), batch)]
+        arrays = []
+        for group in groups:
             rows = min(1 << (len(group) - 1).bit_length(), batch)
             features = np.zeros((rows, frames_per_window, self.config.num_mel_bins), np.float32)
-            frames = np.ones((rows,), np.int32)  # filler rows: silence, one frame (never divided by 0)
+            frames = np.ones((rows,), np.int32)
             for r, (_, piece, n) in enumerate(group):
                 features[r] = self.front_end.log_mel(piece).T
                 frames[r] = n
-            mean, m2 = self._moments(self.params, features, frames)
-            means += list(np.asarray(mean)[: len(group)])
-            m2s += list(np.asarray(m2)[: len(group)])
-        owner = np.array([job[0] for job in jobs])
-        counts = np.array([job[2] for job in jobs])
-        out = [combine(counts[owner == i], np.stack([means[j] for j in np.flatnonzero(owner == i)]),
-                       np.stack([m2s[j] for j in np.flatnonzero(owner == i)]), self.options.pooling)
-               for i in range(len(waves))]
-        return np.stack(out) if out else np.zeros((0, *((self.layers,) if self.layers else ()), self.dim), np.float32)
+            arrays.append((features, frames))
+
+        def assemble(outputs: list[np.ndarray]) -> np.ndarray:
+            moments = np.concatenate([out[: len(group)] for group, out in zip(groups, outputs)]) if jobs else None
+            owner = np.array([job[0] for job in jobs], np.int64)
+            counts = np.array([job[2] for job in jobs], np.int64)
+            out = np.zeros((len(waves), *((self.layers,) if self.layers else ()), self.dim), np.float32)
+            for i in range(len(waves)):
+                mine = owner == i
+                out[i] = combine(counts[mine], moments[mine, 0], moments[mine, 1], self.options.pooling)
+            return out
+
+        return HostBatches(arrays, assemble)
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [len(waves), dim] ([len(waves), L+1, dim] with layer="all"), through ``runner``."""
+        return run(self, waves)
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
