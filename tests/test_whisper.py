@@ -258,6 +258,9 @@ def test_front_end_settings_must_fit_the_model(tmp_path):
     (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "feature_size": 128}))
     with pytest.raises(ck.CheckpointError, match=r"m/preprocessor_config\.json: feature_size=128.*expects 80 mel bins"):
         wh.load(folder)
+    (folder / "preprocessor_config.json").write_text('{"feature_size": ')
+    with pytest.raises(ck.CheckpointError, match=r"m/preprocessor_config\.json: not JSON"):
+        wh.load(folder)
     (folder / "preprocessor_config.json").unlink()  # Whisper's defaults: 30 s windows, but the model has 1 s
     with pytest.raises(ck.CheckpointError, match=r"no preprocessor_config\.json: Whisper's defaults.*100 mel frames"):
         wh.load(folder)

@@ -126,7 +126,10 @@ class FrontEnd:
 def read_front_end(folder: Path, n_mels: int, window_frames: int) -> FrontEnd:
     """The folder's preprocessor_config.json (Whisper's defaults where absent), checked against the model."""
     path = folder / "preprocessor_config.json"
-    settings = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        settings = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ck.CheckpointError(f"{path}: not JSON ({error})") from None
     front = FrontEnd(n_mels=settings.get("feature_size", n_mels), n_fft=settings.get("n_fft", 400),
                      hop_length=settings.get("hop_length", 160), chunk_length=settings.get("chunk_length", 30),
                      sampling_rate=settings.get("sampling_rate", SAMPLE_RATE))
