@@ -73,8 +73,9 @@ def pairs_for(encoders: Sequence[str]) -> tuple[list[tuple[str, str]], str | Non
     if pairs or not classical:
         return pairs, None
     if mamba or attention:
-        note = (f"one Mamba/attention encoder present ({', '.join(mamba + attention)}): Table 2 pairs it with the "
-                f"classical features ({', '.join(classical)}), standing in for the paper's other encoders")
+        note = (f"no Mamba-attention or attention-attention pair ({', '.join(mamba + attention)}): Table 2 pairs "
+                f"every present encoder, the classical features ({', '.join(classical)}) standing in for the "
+                "paper's missing encoders")
     else:
         note = (f"only classical features present ({', '.join(classical)}): Table 2 pairs them, standing in "
                 "for the paper's Mamba and attention encoders")
