@@ -143,8 +143,9 @@ def _whisper_case(registry_name: str, **sizes: int) -> Case:
         from parrot_jax.encoders import registry
 
         torch.manual_seed(0)
-        config = T.WhisperConfig(**sizes, decoder_layers=1, vocab_size=64, pad_token_id=0, bos_token_id=0,
-                                 eos_token_id=0, decoder_start_token_id=1)
+        config = T.WhisperConfig(**sizes, decoder_layers=1, decoder_attention_heads=sizes["encoder_attention_heads"],
+                                 vocab_size=64, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                                 decoder_start_token_id=1)
         model = T.WhisperModel(config).eval()
         fe = T.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
         folder = workdir / registry_name
