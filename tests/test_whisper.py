@@ -169,6 +169,54 @@ def test_encoder_protocol_registry_and_bad_waves():
         enc.embed_batch([np.full(1000, np.inf, np.float32)])
 
 
+def test_sharded_checkpoint_loads_like_one_file(tmp_path):
+    src = FIXTURES / "tiny80"
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(src / name, folder / name)
+    state = ck.read_state_dict(src / "model.safetensors")
+    keys = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for shard, shard_keys in halves.items():
+        write_safetensors(folder / shard, {k: state[k] for k in shard_keys})
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: shard for shard, ks in halves.items() for k in ks}}))
+    whole, sharded = wh.load(src), wh.load(folder)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole.params, sharded.params)
+    assert sharded.files == tuple(folder / shard for shard in sorted(halves)) and sharded.ignored == whole.ignored
+
+
+REAL_SIZES = {  # (d_model, layers, heads, ffn, mel bins) of the published checkpoints' configs
+    "tiny": (384, 4, 6, 1536, 80), "base": (512, 6, 8, 2048, 80), "small": (768, 12, 12, 3072, 80),
+    "medium": (1024, 24, 16, 4096, 80), "large-v2": (1280, 32, 20, 5120, 80), "large-v3": (1280, 32, 20, 5120, 128),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("size", sorted(REAL_SIZES))
+def test_real_size_checkpoint_layout(size):
+    """Every encoder key and shape of transformers' real-size Whisper maps onto our parameter tree (meta
+    tensors: no memory), the decoder's ignored."""
+    torch = pytest.importorskip("torch", reason="building transformers' model needs the `ref` extra")
+    import transformers as T
+
+    d, layers, heads, ffn, mels = REAL_SIZES[size]
+    config = T.WhisperConfig(d_model=d, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                             decoder_layers=layers, decoder_attention_heads=heads, decoder_ffn_dim=ffn,
+                             num_mel_bins=mels)
+    with torch.device("meta"):
+        model = T.WhisperForConditionalGeneration(config)
+    state = {k: np.broadcast_to(np.float32(1), tuple(v.shape)) for k, v in model.state_dict().items()}
+    cfg = wh.WhisperConfig.from_hf(config, size)
+    kept, names, ignored = wh.encoder_state(state)
+    template = jax.eval_shape(wh.WhisperEncoder(cfg).init, jax.random.key(0), jnp.zeros((1, 3000, mels)))["params"]
+    params = ck.load_params(template, kept, lambda key: wh.rename(names[key]), source=size)
+    n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    assert n == sum(p.numel() for p in model.model.encoder.parameters())
+    assert ignored == {"model.decoder": sum(k.startswith("model.decoder.") for k in state), "proj_out": 1}
+
+
 # ---------------------------------------------------------------------------------------------------
 # refusals
 
