@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from parrot_jax.encoders import checkpoints as ck
-from parrot_jax.encoders.runner import Runner, jitted, run, runner_of
 from parrot_jax.encoders.base import HostBatches, Program
 from parrot_jax.encoders.options import split, to_json
+from parrot_jax.encoders.runner import Runner, jitted, run, runner_of
 from parrot_jax.files import sha256_files
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
