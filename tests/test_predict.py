@@ -424,3 +424,30 @@ def test_a_10_hour_file_and_a_1_hz_file_are_refused_in_bounded_memory(saved, tmp
         peak, err = _peak_rss_of_predict(["--model", str(saved), str(wav)])
         assert err == f"parrot predict: error: {wav}: {problem}\n", err
         assert peak < 1.5 * 2**30, f"{wav.name}: peak RSS {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_predict_rebuilds_a_whisper_pair_with_its_recorded_options(tmp_path):
+    """A PARROT model on a Table 2 pair (Whisper, layer 1 over all frames, + MFCC statistics): a new recording
+    gets the probabilities of its stored features."""
+    from parrot_jax.corpora import generate_demo_corpus
+    from parrot_jax.encoders import registry
+    from parrot_jax.extraction import extract
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "whisper" / "tiny128"
+    root = generate_demo_corpus(tmp_path / "corpus", seed=0, n_speakers=3, n_texts=2)
+    specs = registry.parse_encoders("whisper-small:layer=1,frames=all,mfcc-stats")
+    extract("demo", root, specs, tmp_path / "features", checkpoints={"whisper-small": folder}, progress=False)
+    pair = ["whisper-small", "mfcc-stats"]
+    model, _ = train_on_corpus(tmp_path / "features", "demo", "parrot", pair, TINY, SMALL_MODEL, holdout=0.25,
+                               val_fraction=0.25)
+    model = load_model(save_model(tmp_path / "model", model))
+    stored = [load_features(tmp_path / "features", "demo", name) for name in pair]
+    row = 5
+    new = tmp_path / "new_recording.wav"
+    sf.write(new, load_audio(root / "wav" / f"{stored[0].ids[row]}.wav"), 16000, subtype="PCM_16")
+    default = registry.build("whisper-small", folder).embed_batch([load_audio(new)])[0]
+    assert np.abs(default - stored[0].matrix[row]).max() > 1e-2  # the default options embed it otherwise
+    [prediction] = predict_files(model, [new], {"whisper-small": folder})
+    expected = model.probabilities([np.asarray(s.matrix[row: row + 1]) for s in stored])[0]
+    np.testing.assert_allclose([prediction.probabilities[c] for c in model.class_names], expected, atol=1e-5)

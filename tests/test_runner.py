@@ -17,6 +17,7 @@ from parrot_jax.encoders.runner import Runner, jitted
 REPO = Path(__file__).resolve().parents[1]
 HF = REPO / "tests" / "fixtures" / "hf"
 SSAM = REPO / "tests" / "fixtures" / "ssam" / "tiny"
+WHISPER = REPO / "tests" / "fixtures" / "whisper" / "tiny128"
 
 
 def _how_it_runs(path: Path) -> list[str]:
@@ -88,6 +89,7 @@ def encoders():
     return [registry.build("wav2vec2-base", {str(HF / "wav2vec2")!r}),
             registry.build("wavlm-base", {str(HF / "wavlm")!r}, batch_size=2),
             ssam.SSAMEncoder("ssam-tiny", config, params, chunk_batch=2),
+            registry.build("whisper-base", {str(WHISPER)!r}, batch_size=2, pooling="mean+std"),
             registry.build("mfcc-stats")]
 rows, devices = {{}}, {{}}
 for spec in ("1", "all"):
@@ -112,7 +114,7 @@ print(json.dumps({{"devices": devices,
 
 @pytest.mark.slow
 def test_extraction_and_predict_on_4_devices_give_the_one_device_rows_for_every_family(tmp_path: Path):
-    """One runner per extraction: the attention (wav2vec2, WavLM) and Mamba (SSAM) programs split each batch
+    """One runner per extraction: the attention (wav2vec2, WavLM, Whisper) and Mamba (SSAM) programs split each batch
     over 4 simulated devices (odd row counts padded) and give the one-device rows; the classical encoder has
     no program and gives the same bytes. predict embeds a new recording through a runner on the 4 devices
     too, giving the stored row's probabilities."""
@@ -120,10 +122,11 @@ def test_extraction_and_predict_on_4_devices_give_the_one_device_rows_for_every_
 
     out = json.loads(_child(EVERY_FAMILY.replace("sys.argv[1]", repr(str(tmp_path))),
                             {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}).splitlines()[-1])
-    assert out["devices"] == {"1 wav2vec2-base": 1, "1 wavlm-base": 1, "1 ssam-tiny": 1, "1 mfcc-stats": None,
-                              "all wav2vec2-base": 4, "all wavlm-base": 4, "all ssam-tiny": 4, "all mfcc-stats": None}
+    assert out["devices"] == {"1 wav2vec2-base": 1, "1 wavlm-base": 1, "1 ssam-tiny": 1, "1 whisper-base": 1,
+                              "1 mfcc-stats": None, "all wav2vec2-base": 4, "all wavlm-base": 4, "all ssam-tiny": 4,
+                              "all whisper-base": 4, "all mfcc-stats": None}
     assert out["shapes"] == {"wav2vec2-base": [12, 16], "wavlm-base": [12, 16], "ssam-tiny": [12, 160],
-                             "mfcc-stats": [12, 160]}
+                             "whisper-base": [12, 32], "mfcc-stats": [12, 160]}
     assert out["diff"]["mfcc-stats"] == 0.0
     assert max(out["diff"].values()) <= 1e-5, out["diff"]
     assert out["predict_diff"] <= 1e-5, out

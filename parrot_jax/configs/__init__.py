@@ -1,1 +1,1 @@
-"""The packaged grid configs: paper.py (the default), demo.py, emodb_classical.py (see parrot_jax.config)."""
+"""The packaged grid configs: paper.py (the default), beyond.py, demo.py, emodb_classical.py (see parrot_jax.config)."""

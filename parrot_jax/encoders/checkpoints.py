@@ -1,6 +1,6 @@
 """Read checkpoint files without importing torch, and load their tensors into Flax parameter trees.
 
-Two file formats:
+Three file formats:
 
 * **safetensors**: ``u64 n`` + ``n`` bytes of JSON header ``{name: {dtype, shape, data_offsets}}`` + raw
   little-endian data; read here with numpy (memory-mapped), bfloat16 through ``ml_dtypes``.
@@ -12,6 +12,11 @@ Two file formats:
   checkpoint cannot construct arbitrary objects or run code. Globals the caller names as *inert*
   (e.g. ``argparse.Namespace`` in a training checkpoint) become an :class:`InertRecord` holding the
   module, name, arguments and state: a record, never an instance of the named class.
+* **CTranslate2** ``model.bin`` (faster-whisper's format): little-endian ``u32 version`` (4..6 read here),
+  the spec name and ``u32 revision`` (version >= 2), ``u32 n``, then per variable its name, ``u8 rank``,
+  ``u32`` dims, ``u8 dtype`` (float32, int8, int16, int32, float16, bfloat16) and ``u32 bytes`` followed
+  by the raw data; then ``u32`` aliases as (alias, target) name pairs (a variable equal to an
+  alphabetically earlier one is stored once). Strings are ``u16 length`` (with the NUL) + bytes + NUL.
 
 Loading: :func:`load_params` fills a parameter template from a state dict through a ``rename`` function
 (torch key -> Flax path + transform) and raises one :class:`CheckpointMismatch` listing every missing,
@@ -311,6 +316,79 @@ def _read_record(path: Path, zf: zipfile.ZipFile, name: str, dtype: np.dtype, nu
         flat = np.frombuffer(zf.read(name), dtype=np.uint8)
     flat = flat.view(dtype)
     return flat if little else flat.byteswap()
+
+
+# ---------------------------------------------------------------------------------------------------
+# CTranslate2 model.bin
+
+_CT2_DTYPES = (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32),
+               np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))  # by CTranslate2's type id
+_CT2_VERSIONS = range(4, 7)
+
+
+@dataclass(frozen=True)
+class CTranslate2Model:
+    """A CTranslate2 model.bin: its spec name and revision, and every variable (aliases resolved)."""
+
+    spec: str
+    revision: int
+    variables: dict[str, np.ndarray]
+
+
+def read_ctranslate2(path: str | Path) -> CTranslate2Model:
+    """The variables of a CTranslate2 ``model.bin`` as numpy arrays (memory-mapped, read-only).
+
+    Every length is checked against the file before it is used: a truncated file, an unknown binary
+    version or dtype id, a byte count that does not match the shape, or an alias to no variable is a
+    :class:`CheckpointError` naming the file and the variable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    data = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+    pos = 0
+
+    def take(n: int, what: str) -> np.ndarray:
+        nonlocal pos
+        if pos + n > data.size:
+            raise CheckpointError(f"{path}: ends inside {what} (byte {pos} + {n} > {data.size}): a truncated file")
+        pos += n
+        return data[pos - n: pos]
+
+    def uint(fmt: str, what: str) -> int:
+        return struct.unpack("<" + fmt, take(struct.calcsize(fmt), what).tobytes())[0]
+
+    def string(what: str) -> str:
+        raw = take(uint("H", what), what).tobytes()
+        if not raw.endswith(b"\0"):
+            raise CheckpointError(f"{path}: {what} is not a NUL-terminated string")
+        return raw[:-1].decode("utf-8", errors="replace")
+
+    version = uint("I", "the binary version")
+    if version not in _CT2_VERSIONS:
+        raise CheckpointError(f"{path}: CTranslate2 binary version {version}; expected {_CT2_VERSIONS[0]}.."
+                              f"{_CT2_VERSIONS[-1]} (not a CTranslate2 model.bin, or one this reader does not know)")
+    spec, revision = string("the spec name"), uint("I", "the spec revision")
+    variables: dict[str, np.ndarray] = {}
+    for i in range(uint("I", "the variable count")):
+        name = string(f"the name of variable {i}")
+        shape = tuple(uint("I", f"{name}'s shape") for _ in range(uint("B", f"{name}'s rank")))
+        type_id = uint("B", f"{name}'s dtype")
+        if type_id >= len(_CT2_DTYPES):
+            raise CheckpointError(f"{path}: variable {name!r} has dtype id {type_id}; "
+                                  f"expected 0..{len(_CT2_DTYPES) - 1}")
+        dtype = _CT2_DTYPES[type_id]
+        size = uint("I", f"{name}'s byte count")
+        if size != int(np.prod(shape)) * dtype.itemsize:
+            raise CheckpointError(f"{path}: variable {name!r} holds {size} bytes; shape {shape} of {dtype} "
+                                  f"needs {int(np.prod(shape)) * dtype.itemsize}")
+        variables[name] = take(size, f"variable {name!r}").view(dtype).reshape(shape)
+    for _ in range(uint("I", "the alias count")):
+        alias, target = string("an alias"), string("an alias target")
+        if target not in variables:
+            raise CheckpointError(f"{path}: alias {alias!r} points at {target!r}, which is no variable")
+        variables[alias] = variables[target]
+    return CTranslate2Model(spec, revision, variables)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ ENCODERS: dict[str, EncoderEntry] = {
         EncoderEntry("wav2vec2-base", "parrot_jax.encoders.wav2vec2:build", "attention", "W2", 768, True),
         EncoderEntry("unispeech-sat-base", "parrot_jax.encoders.wav2vec2:build", "attention", "U", 768, True),
         EncoderEntry("mms-1b", "parrot_jax.encoders.wav2vec2:build", "attention", "M", 1280, True),
+        *(EncoderEntry(f"whisper-{size}", "parrot_jax.encoders.whisper:build", "attention", f"Wh-{abbrev}", dim, True)
+          for size, abbrev, dim in [("tiny", "T", 384), ("tiny.en", "T.en", 384), ("base", "B", 512),
+                                    ("base.en", "B.en", 512), ("small", "S", 768), ("small.en", "S.en", 768),
+                                    ("medium", "M", 1024), ("medium.en", "M.en", 1024), ("large-v2", "L2", 1280),
+                                    ("large-v3", "L3", 1280)]),
         EncoderEntry("mfcc-stats", "parrot_jax.encoders.classical:build", "classical", "MFCC", 160, False),
         EncoderEntry("logmel-stats", "parrot_jax.encoders.classical:build", "classical", "LMEL", 128, False),
         EncoderEntry("egemaps", "parrot_jax.encoders.classical:build", "classical", "eGeMAPS", 88, False),
