@@ -172,7 +172,7 @@ def test_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("extract", "verify-corpus", "grid", "predict", "demo"))
+    assert all(name in out for name in ("extract", "verify-corpus", "grid", "predict", "export", "demo"))
 
 
 def test_extract_refuses_an_unknown_encoder_option_when_parsing(tmp_path, capsys):
@@ -190,7 +190,7 @@ def test_extract_refuses_an_unknown_encoder_option_when_parsing(tmp_path, capsys
     (["extract", "--corpus", "nope"], "parrot extract: error: argument --corpus: invalid choice: 'nope' (choose from "
                                       "'emodb', 'cremad', 'mesd', 'csv', 'demo')"),
     (["bogus"], "parrot: error: argument command: invalid choice: 'bogus' (choose from 'extract', 'verify-corpus', "
-                "'grid', 'predict', 'demo')"),
+                "'grid', 'predict', 'export', 'demo')"),
 ])
 def test_argparse_errors_are_one_line_naming_the_subcommand(argv, line, capsys):
     with pytest.raises(SystemExit) as done:
