@@ -30,3 +30,12 @@ def test_plan_pairs_classical_features_only_when_nothing_else_is_present():
                      "standing in for the paper's Mamba and attention encoders"]
     mixed, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-base", "hubert-base"]})
     assert [c.abbrev for c in mixed if c.table == 2] == ["A(B)+H", "A(B)+H"]
+
+
+def test_a_config_restricting_corpora_says_so_in_the_skip_line():
+    cells, notes = plan_cells(GridConfig(corpora=("emodb",)), {"ravdess": ["mfcc-stats"], "savee": ["mfcc-stats"]})
+    assert cells == []
+    assert notes == ["emodb: no features present under features/emodb (skipped; the config restricts corpora to "
+                     "emodb (features present for ravdess, savee: choose with --corpora))"]
+    _, unrestricted = plan_cells(GridConfig(encoders=("wavlm-base",)), {"savee": ["mfcc-stats"]})
+    assert unrestricted[-1] == "savee: no features present under features/savee (skipped)"

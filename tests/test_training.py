@@ -24,6 +24,7 @@ from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs
 from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import (
+    NonFiniteLoss,
     TrainConfig,
     epoch_order,
     fit_standardizer,
@@ -272,6 +273,42 @@ def test_results_predict_progress_and_json():
     assert summary["accuracy"]["std_folds"] == pytest.approx(accs.mean(0).std())
     encoded = json.loads(json.dumps(cell.to_json()))
     assert encoded["config"]["train"]["seeds"] == [3, 4] and len(encoded["runs"]) == 6
+
+
+def test_refit_trains_each_member_on_train_and_val_for_its_best_epoch():
+    """refit: each member (seed) equals a member trained without validation on train + val for exactly the
+    best epoch early stopping picked for it (the same initialisation, shuffles and standardiser rows)."""
+    feats, labels = _problem(n=90)
+    fold = _unequal_folds(90)[2]
+    config = TrainConfig(epochs=6, patience=2, monitor="uar", learning_rate=1e-2, seeds=(0, 1), loop="step",
+                         refit=True)
+    refit = train_cell("fcn", _config(), feats[:1], labels, [fold], config)
+    whole = Fold(fold.fit_rows(True), np.empty(0, np.int64), fold.test)
+    assert len(whole.train) == len(fold.train) + len(fold.val)
+    for run in refit.runs:
+        alone = train_cell("fcn", _config(), feats[:1], labels, [whole],
+                           dataclasses.replace(config, seeds=(run.seed,), epochs=run.best_epoch, refit=False)).runs[0]
+        assert alone.epochs_run == run.best_epoch
+        assert np.array_equal(alone.predictions, run.predictions)
+        assert np.allclose(alone.probabilities, run.probabilities, atol=1e-6)
+    kept = train_cell("fcn", _config(), feats[:1], labels, [fold], dataclasses.replace(config, refit=False))
+    assert [r.best_epoch for r in kept.runs] == [r.best_epoch for r in refit.runs]
+
+
+@pytest.mark.parametrize("loop", ["step", pytest.param("cell", marks=pytest.mark.slow)])
+def test_non_finite_loss_stops_the_cell_naming_seed_fold_and_epoch(loop):
+    """An injected non-finite loss: one row of huge features (finite, unstandardised) overflows the logits
+    of every member that trains on it; fold 0 tests on that row and folds 1 and 2 train on it, so they fail
+    in epoch 1, and seed 0's fold 1 is named first."""
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=3)
+    feats = [feats[0].copy()]
+    feats[0][np.intersect1d(folds[0].test, np.intersect1d(folds[1].train, folds[2].train))[0]] = 3e38
+    config = TrainConfig(epochs=3, seeds=(0, 1), standardize=False, loop=loop)
+    with pytest.raises(NonFiniteLoss, match=r"^seed 0, fold 1 \(0-based\), epoch 1: training loss is nan "
+                       r"\(not finite\)$") as caught:
+        train_cell("fcn", _config(), feats, labels, folds, config)
+    assert (caught.value.cell, caught.value.seed, caught.value.fold, caught.value.epoch) == (0, 0, 1, 1)
 
 
 def test_bad_input_is_named():
