@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from parrot_jax.config import GridConfig, model_config, train_config
+from parrot_jax.config import GridConfig, model_config, train_config, val_policy
 from parrot_jax.encoders import registry
 from parrot_jax.features import CorpusData
 from parrot_jax.files import sha256_json
@@ -105,7 +105,7 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
     """What decides a cell's numbers apart from its features (hashed into its key); settings the run does
     not use are left out (``folds`` under "emobox", ``val_fraction`` under val_policy "valid" / "none")."""
     settings = {"cell": cell.to_json(), "protocol": config.protocol, "split_seed": config.split_seed,
-                "val_policy": config.val_policy}
+                "val_policy": val_policy(config)}
     if config.protocol == "emobox":
         from parrot_jax.splits import split_file_hashes
 
@@ -113,7 +113,7 @@ def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
                               "allow_missing": config.allow_missing, "match": config.split_match}
     else:
         settings["folds"] = config.folds
-    if config.val_policy not in ("valid", "none"):
+    if val_policy(config) not in ("valid", "none"):
         settings["val_fraction"] = config.val_fraction
     if cell.method == "svm":
         settings["svm"] = {"standardize": config.svm_standardize, "refit": config.train.refit}

@@ -67,7 +67,8 @@ class GridConfig:
     val_policy: how each fold's validation part (early stopping) is taken from its training part
         (`splits.VAL_POLICIES`): "speaker", "stratified", "valid" (the split files' own), "none" (no early
         stopping), or "auto" (default: never more than a quarter of a training part's rows, nor a whole
-        speaker of fewer than 4; README "Validation"). The run prints, per corpus, what it took.
+        speaker of fewer than 4; none at all when ``train.monitor`` is "none"; README "Validation"). The
+        run prints, per corpus, what it took.
     val_fraction: share of each fold's training part (rows, or speakers) that "speaker" / "stratified"
         hold out for early stopping (paper: unstated); 0: no validation.
     seeds: training seeds (initialisation, dropout, shuffling); every cell runs each seed on each fold.
@@ -134,6 +135,10 @@ class GridConfig:
             raise ValueError(f"GridConfig.val_policy: expected one of {VAL_POLICIES}, got {self.val_policy!r}")
         if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
             raise ValueError(f"GridConfig.val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
+        if self.train.monitor == "none" and self.val_policy not in ("auto", "none"):
+            raise ValueError(f"GridConfig: val_policy {self.val_policy!r} holds out validation rows that "
+                             "train.monitor='none' (no early stopping) never uses; set val_policy=auto or none, or a "
+                             "monitor (train.monitor=loss, accuracy or uar)")
         if self.split_match not in SPLIT_MATCHES:
             raise ValueError(f"GridConfig.split_match: expected one of {SPLIT_MATCHES}, got {self.split_match!r}")
         metric_keys(self.metrics)
@@ -238,6 +243,12 @@ def config_dict(config: GridConfig) -> dict:
 def train_config(config: GridConfig) -> TrainConfig:
     """The `TrainConfig` of every neural cell: ``config.train`` with ``config.seeds``."""
     return dataclasses.replace(config.train, seeds=tuple(config.seeds))
+
+
+def val_policy(config: GridConfig) -> str:
+    """The validation policy the grid carves with: ``config.val_policy``, but "none" for "auto" when
+    ``train.monitor`` is "none" (no early stopping: no row is held out for it)."""
+    return "none" if config.val_policy == "auto" and config.train.monitor == "none" else config.val_policy
 
 
 def model_config(config: GridConfig, num_classes: int) -> ModelConfig:

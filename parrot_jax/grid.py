@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, check_layer_inputs, plan_cells
-from parrot_jax.config import GridConfig, config_dict, model_config, train_config
+from parrot_jax.config import GridConfig, config_dict, model_config, train_config, val_policy
 from parrot_jax.features import CorpusData, available_features, load_corpus
 from parrot_jax.files import atomic_write, write_json
 from parrot_jax.splits import validation_line
@@ -41,12 +41,12 @@ def cell_folds(config: GridConfig, data: CorpusData) -> tuple[list, dict | None]
     if config.protocol == "emobox":
         split = emobox_folds(config.splits_folder(data.corpus), data.ids, [data.class_names[y] for y in data.labels],
                              data.speakers, config.allow_missing, config.split_seed, config.val_fraction,
-                             config.val_policy, config.split_match)
+                             val_policy(config), config.split_match)
         return split.folds, split.record()
     if config.protocol == "speaker" and data.speakers is None:
         raise ValueError(f"corpus {data.corpus!r} has no speaker ids; use protocol=stratified")
     return make_folds(data.labels, data.speakers, config.protocol, config.folds, config.split_seed,
-                      config.val_fraction, config.val_policy), None
+                      config.val_fraction, val_policy(config)), None
 
 
 def fold_rows(folds, refit: bool) -> list[dict[str, int]]:
@@ -299,7 +299,8 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
             echo(f"{corpus}: {record['missing']['count']} split row(s) not in the store and "
                  f"{record['unused']['count']} store row(s) in no split left out (allow_missing)")
     for corpus, corpus_folds in folds.items():
-        echo(validation_line(corpus, corpus_folds, config.val_policy, data[corpus].speakers))
+        echo(validation_line(corpus, corpus_folds, config.val_policy, data[corpus].speakers)
+             + (" (train.monitor=none: no early stopping)" if config.train.monitor == "none" else ""))
     if dry_run:
         echo(f"{len(cells)} cells in {config.run_dir} ({sum(s == 'done' for s in status.values())} done):")
         for cell in cells:
@@ -324,7 +325,7 @@ def run_grid(config: GridConfig, provenance: dict | None = None, dry_run: bool =
                     write_json(cells_dir / f"{cell.name}.json", record)
                     note = early_stop_note(cell.name, record)
                     if note:
-                        bar.write(note)
+                        echo(note)
             bar.update(len(group))
     dist.barrier("parrot-grid-cells-written")
     records = {c.name: json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells}

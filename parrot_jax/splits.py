@@ -18,6 +18,7 @@ files with speaker ids); a stratified share, at most a quarter. `validation_line
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,9 +151,11 @@ def _cheap(fold: Fold, speakers: np.ndarray) -> bool:
 
 
 def _stratified_val(rest: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """A stratified random ``val_fraction`` of ``rest`` (plain random where a class is too small)."""
+    """A stratified random ``val_fraction`` of ``rest`` (plain random where a class has one row, or where
+    the share holds fewer rows than there are classes)."""
     _, counts = np.unique(labels[rest], return_counts=True)
-    stratify = labels[rest] if counts.min() >= 2 else None
+    enough = counts.min() >= 2 and math.ceil(val_fraction * len(rest)) >= len(counts)
+    stratify = labels[rest] if enough else None
     _, val = train_test_split(rest, test_size=val_fraction, random_state=seed, stratify=stratify)
     return val
 

@@ -49,7 +49,7 @@ PyTree = Any
 LoopForm = Literal["auto", "step", "scan", "unrolled", "cell"]
 LOOP_FORMS: tuple[str, ...] = ("auto", "step", "scan", "unrolled", "cell")
 FoldAxis = Literal["vmap", "loop"]
-MONITORS: tuple[str, ...] = ("loss", "accuracy", "uar")
+MONITORS: tuple[str, ...] = ("loss", "accuracy", "uar", "none")
 Progress = Callable[[int, dict], None]
 
 
@@ -65,8 +65,10 @@ class TrainConfig:
         are still restored).
     monitor: the validation score: "loss" (mean cross-entropy, lower is better, as Keras' EarlyStopping),
         "accuracy" (WA) or "uar" (UA, the mean of the per-class recalls over the classes present in the
-        validation rows), higher is better. Only a strict improvement counts. Default: see README
-        "Early stopping" (chosen by measurement, bench/early_stopping.py).
+        validation rows), higher is better; only a strict improvement counts. "none": no early stopping:
+        every member trains ``epochs`` epochs and keeps its last params (validation rows, if any, are only
+        reported in ``progress``). Default: README "Early stopping" (chosen by measurement,
+        bench/early_stopping.py).
     refit: after early stopping has picked a member's best epoch e* on its validation rows, train the
         member again from its initialisation on training + validation rows for e* epochs, and keep those
         params (the SVM then fits on the same rows, `fit_rows`). Off: the best-validation params, fitted on
@@ -93,7 +95,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int | None = 10
-    monitor: Literal["loss", "accuracy", "uar"] = "loss"
+    monitor: Literal["loss", "accuracy", "uar", "none"] = "loss"
     refit: bool = False
     standardize: bool = True
     seeds: tuple[int, ...] = (0,)
@@ -434,12 +436,13 @@ class _Programs:
             recall = jnp.sum(per_class * correct[..., None], axis=(1, 2)) / jnp.maximum(n_class, 1)
             present = jnp.maximum(jnp.sum(n_class > 0, axis=-1), 1)
             val_uar = jnp.where(has_val, jnp.sum(jnp.where(n_class > 0, recall, 0.0), axis=-1) / present, jnp.nan)
-            score = jnp.stack([val_loss, -val_acc, -val_uar])[data["monitor"]]
-            better = active & (~has_val | (score < c["best_score"]))
+            score = jnp.stack([val_loss, -val_acc, -val_uar, val_loss])[data["monitor"]]
+            selects = has_val & (data["monitor"] != MONITORS.index("none"))
+            better = active & (~selects | (score < c["best_score"]))
             waited = jnp.where(better, 0, c["waited"] + active)
             history = {name: c["history"][name].at[:, e].set(value) for name, value in
                        (("train_loss", train_loss), ("val_loss", val_loss), ("val_accuracy", val_acc))}
-            still = active & ~(has_val & (waited >= data["patience"])) & (e + 1 < data["limits"])
+            still = active & ~(selects & (waited >= data["patience"])) & (e + 1 < data["limits"])
             history["active"] = c["history"]["active"].at[:, e].set(still)
             return {
                 "state": state,
@@ -581,15 +584,16 @@ def _train_members(
                     val_loss[m] = -float(np.mean(np.take_along_axis(np.asarray(logp), labels[rows][:, None], 1)))
                     val_acc[m] = float(np.mean(lg.argmax(-1) == labels[rows]))
                     val_uar[m] = metrics.uar(labels[rows], lg.argmax(-1))
-        score = {"loss": val_loss, "accuracy": -val_acc, "uar": -val_uar}[config.monitor]
+        score = {"loss": val_loss, "accuracy": -val_acc, "uar": -val_uar, "none": val_loss}[config.monitor]
+        selects = has_val & (config.monitor != "none")
         # without validation rows a member keeps its latest params
-        better = active & (~has_val | (score < best_score))
+        better = active & (~selects | (score < best_score))
         best = programs.keep_best(jnp.asarray(better), state[0], best)
         best_score = np.where(better, score, best_score)
         best_epoch = np.where(better, epoch + 1, best_epoch)
         waited = np.where(better, 0, waited + active)
         if config.patience is not None:
-            active &= ~(has_val & (waited >= config.patience))
+            active &= ~(selects & (waited >= config.patience))
         active &= epoch + 1 < limits
         if progress is not None:
             n_train = np.array([len(r) for r in train_rows])

@@ -295,6 +295,17 @@ def test_refit_trains_each_member_on_train_and_val_for_its_best_epoch():
     assert [r.best_epoch for r in kept.runs] == [r.best_epoch for r in refit.runs]
 
 
+def test_monitor_none_trains_every_epoch_and_keeps_the_last_params():
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=3)
+    config = TrainConfig(epochs=3, patience=1, monitor="none", learning_rate=1e-2, loop="step")
+    kept = train_cell("fcn", _config(), feats[:1], labels, folds, config)
+    assert [(r.best_epoch, r.epochs_run) for r in kept.runs] == [(3, 3)] * 3
+    blind = [Fold(f.train, np.empty(0, np.int64), f.test) for f in folds]  # the same without validation rows
+    alone = train_cell("fcn", _config(), feats[:1], labels, blind, config)
+    assert all(np.array_equal(a.predictions, b.predictions) for a, b in zip(kept.runs, alone.runs))
+
+
 @pytest.mark.parametrize("loop", ["step", pytest.param("cell", marks=pytest.mark.slow)])
 def test_non_finite_loss_stops_the_cell_naming_seed_fold_and_epoch(loop):
     """An injected non-finite loss: one row of huge features (finite, unstandardised) overflows the logits
