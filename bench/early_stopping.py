@@ -92,7 +92,7 @@ def main() -> None:
     print(f"\nEmo-DB, mfcc-stats + logmel-stats, seeds {args.seeds}, {args.epochs} epochs, val_policy auto\n")
     print("| protocol | early stopping | WA | UA | F1 | " + " | ".join(f"UA {m}" for m in shown)
           + " | median best epoch | fit rows (fold 1) |")
-    print("|" + " --- |" * (8 + len(shown)))
+    print("|" + " --- |" * (7 + len(shown)))
     for protocol, name, s, _ in rows:
         m = s["mean"]
         print(f"| {protocol} | {name} | {m['accuracy']:.2f} | {m['uar']:.2f} | {m['macro_f1']:.2f} | "

@@ -69,8 +69,10 @@ def best_epochs(epochs: Sequence[int | None]) -> dict:
 
 
 def early_stop_note(name: str, record: dict) -> str | None:
-    """A warning line where most of a cell's members kept an epoch <= `EARLY_EPOCHS` (validation stopped
-    them almost at once), else None."""
+    """A warning line where early stopping is on and most of a cell's members kept an epoch <= `EARLY_EPOCHS`
+    (validation stopped them almost at once), else None."""
+    if record.get("settings", {}).get("train", {}).get("monitor") == "none":  # no early stopping
+        return None
     epochs = record.get("best_epoch") or {}
     early, members = epochs.get(f"within_{EARLY_EPOCHS}", 0), epochs.get("members", 0)
     if not members or 2 * early <= members:

@@ -66,7 +66,10 @@ def test_depth_three_overrides_reach_the_sinkhorn_options():
     ("val_policy=rows", "override 'val_policy=rows': val_policy='rows': expected one of 'auto', 'speaker', "
                         "'stratified', 'valid', 'none'"),
     ("train.monitor=ua", "override 'train.monitor=ua': train.monitor='ua': expected one of 'loss', 'accuracy', "
-                         "'uar'"),
+                         "'uar', 'none'"),
+    ("val_policy=speaker", "overrides 'val_policy=speaker': GridConfig: val_policy 'speaker' holds out validation "
+                           "rows that train.monitor='none' (no early stopping) never uses; set val_policy=auto or "
+                           "none, or a monitor"),
     ("train.patience=soon", "override 'train.patience=soon': train.patience='soon': expected an int or none"),
     ("train.seeds=1", "override 'train.seeds=1': train.seeds cannot be set: set the training seeds with seeds=..."),
     ("model.num_classes=3", "override 'model.num_classes=3': model.num_classes cannot be set: it is each corpus's "),

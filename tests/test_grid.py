@@ -433,7 +433,7 @@ def test_default_validation_spares_two_speakers_and_every_model_fits_the_same_ro
     lines = []
     config = GridConfig(run="fair", features=str(store), results=str(tmp_path / "results"), protocol="emobox",
                         splits=str(tmp_path / "emobox"), table1=("svm", "fcn"), table2=(),
-                        train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "refit": refit},
+                        train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "monitor": "loss", "refit": refit},
                         model={"hidden": 16})
     outcome = grid.run_grid(config, echo=lines.append)
     svm, fcn = (outcome.records[f"demo__{m}__mfcc-stats"] for m in ("svm", "fcn"))

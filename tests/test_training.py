@@ -80,7 +80,7 @@ def test_vmapped_equals_each_fold_alone():
     sizes, two seeds, dropout on, early stopping active."""
     feats, labels = _problem()
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop="step")
+    config = TrainConfig(epochs=6, patience=2, monitor="loss", seeds=(0, 1), loop="step")
     together = train_cell("parrot", _config(), feats, labels, folds, config)
     alone = train_cell("parrot", _config(), feats, labels, folds, dataclasses.replace(config, fold_axis="loop"))
     assert _max_diff(together.params, alone.params) < 2e-5
@@ -135,7 +135,7 @@ def test_packed_cells_equal_each_cell_alone(loop):
     rng = np.random.default_rng(7)
     other = [(x[:, ::-1] * 0.5 + rng.normal(size=x.shape) - 2.0).astype(np.float32) for x in feats]
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop=loop)  # as test_vmapped_equals_each_fold_alone
+    config = TrainConfig(epochs=6, patience=2, monitor="loss", seeds=(0, 1), loop=loop)  # as test_vmapped_...
     packed = train_cells("parrot", _config(), [feats, other], labels, folds, config)
     assert len(packed) == 2
     for cell_feats, together in zip([feats, other], packed):
@@ -213,7 +213,7 @@ def test_test_rows_never_reach_training(protocol):
     feats, labels = _problem()
     speakers = np.arange(len(labels)) % 8
     folds = make_folds(labels, speakers, protocol=protocol, k=3, seed=0)
-    config = TrainConfig(epochs=3, patience=2, loop="step")
+    config = TrainConfig(epochs=3, patience=2, monitor="loss", loop="step")
     base = train_cell("parrot", _config(), feats, labels, folds, config)
     f = 1
     test = folds[f].test
