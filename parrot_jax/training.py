@@ -75,8 +75,8 @@ class TrainConfig:
         unstated score.
     refit: after early stopping has picked a member's best epoch e* on its validation rows, train the
         member again from its initialisation on training + validation rows for e* epochs, and keep those
-        params (the SVM then fits on the same rows, `fit_rows`). Off (default; measured: +1.1 UA points on
-        average with early stopping on, but not for every model, README "Early stopping"): the
+        params (the SVM then fits on the same rows, `fit_rows`). Off (default; measured: +0.5 UA points on
+        average with early stopping on, -2.4 to +3.2 by model and protocol, README "Early stopping"): the
         best-validation params, fitted on the training rows only. Members without validation rows train
         once, on their training rows.
     standardize: z-score each feature with its training rows' mean and std (default True; the paper
