@@ -126,6 +126,22 @@ def test_whole_cell_on_device_equals_host_loop(kind):
 
 
 @pytest.mark.slow
+def test_uar_monitor_and_refit_on_device_equal_host_loop():
+    """The device program's UA monitor and per-member epoch limits (the refit pass) give what the host loop
+    gives: identical best epochs, epochs run and predictions."""
+    feats, labels = _problem()
+    folds = _unequal_folds(len(labels))
+    config = TrainConfig(epochs=8, patience=1, monitor="uar", refit=True, learning_rate=1e-2, seeds=(0, 1),
+                         loop="step")
+    host = train_cell("fcn", _config(), feats[:1], labels, folds, config)
+    device = train_cell("fcn", _config(), feats[:1], labels, folds, dataclasses.replace(config, loop="cell"))
+    assert len({r.best_epoch for r in host.runs}) >= 2
+    for a, b in zip(host.runs, device.runs):
+        assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+        assert np.array_equal(a.predictions, b.predictions)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["step", "cell"])
 def test_packed_cells_equal_each_cell_alone(loop):
     """Two cells of equal shapes (other features, the same labels and folds) trained as one program
