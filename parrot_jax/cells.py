@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from parrot_jax.config import GridConfig, model_config, train_config
+from parrot_jax.config import GridConfig, model_config, train_config, val_policy
 from parrot_jax.encoders import registry
 from parrot_jax.features import CorpusData
 from parrot_jax.files import sha256_json
@@ -93,7 +93,10 @@ def plan_cells(config: GridConfig, available: dict[str, list[str]]) -> tuple[lis
         if missing:
             notes.append(f"{corpus}: no features for {', '.join(missing)} (skipped)")
         if not encoders:
-            notes.append(f"{corpus}: no features present under {config.features}/{corpus} (skipped)")
+            others = sorted(set(available) - set(corpora))
+            why = (f"; the config restricts corpora to {', '.join(corpora)} (features present for "
+                   f"{', '.join(others)}: choose with --corpora)") if config.corpora and others else ""
+            notes.append(f"{corpus}: no features present under {config.features}/{corpus} (skipped{why})")
             continue
         encoders = encoder_order(encoders)
         cells += [Cell(corpus, 1, m, (e,)) for m in config.table1 for e in encoders]
@@ -105,16 +108,21 @@ def plan_cells(config: GridConfig, available: dict[str, list[str]]) -> tuple[lis
 
 
 def cell_settings(cell: Cell, config: GridConfig, num_classes: int) -> dict:
-    """What decides a cell's numbers apart from its features (hashed into its key)."""
-    settings = {"cell": cell.to_json(), "protocol": config.protocol, "folds": config.folds,
-                "split_seed": config.split_seed, "val_fraction": config.val_fraction}
+    """What decides a cell's numbers apart from its features (hashed into its key); settings the run does
+    not use are left out (``folds`` under "emobox", ``val_fraction`` under val_policy "valid" / "none")."""
+    settings = {"cell": cell.to_json(), "protocol": config.protocol, "split_seed": config.split_seed,
+                "val_policy": val_policy(config)}
     if config.protocol == "emobox":
         from parrot_jax.splits import split_file_hashes
 
         settings["splits"] = {"files": split_file_hashes(config.splits_folder(cell.corpus)),
-                              "allow_missing": config.allow_missing}
+                              "allow_missing": config.allow_missing, "match": config.split_match}
+    else:
+        settings["folds"] = config.folds
+    if val_policy(config) not in ("valid", "none"):
+        settings["val_fraction"] = config.val_fraction
     if cell.method == "svm":
-        settings["svm"] = {"standardize": config.svm_standardize}
+        settings["svm"] = {"standardize": config.svm_standardize, "refit": config.train.refit}
     else:
         settings["train"] = asdict(train_config(config))
         settings["model"] = model_config(config, num_classes).to_dict()

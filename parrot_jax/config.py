@@ -64,8 +64,16 @@ class GridConfig:
         (counted and listed in grid.json and each cell record) instead of refusing them.
     metrics: the metrics tables show, by name: wa (= acc, accuracy), ua (= uar), f1 (macro), micro_f1.
         Cell records hold all of them per run whatever is shown.
+    split_match: under "emobox", what matches a store row to a split file's row: "name" (its file name) or
+        "speaker_name" (``<speaker>_<file name>``, e.g. SAVEE's ``AudioData/DC/a01.wav`` as ``DC_a01``).
     split_seed: seed of the fold assignment (the same folds for every cell and training seed).
-    val_fraction: share of each fold's training part held out for early stopping (paper: unstated).
+    val_policy: how each fold's validation part (early stopping) is taken from its training part
+        (`splits.VAL_POLICIES`): "speaker", "stratified", "valid" (the split files' own), "none" (no early
+        stopping), or "auto" (default: never more than a quarter of a training part's rows, nor a whole
+        speaker of fewer than 4; none at all when ``train.monitor`` is "none"; README "Validation"). The
+        run prints, per corpus, what it took.
+    val_fraction: share of each fold's training part (rows, or speakers) that "speaker" / "stratified"
+        hold out for early stopping (paper: unstated); 0: no validation.
     seeds: training seeds (initialisation, dropout, shuffling); every cell runs each seed on each fold.
     table1 / table2: the methods of each table. ablations: add "hadamard" and "ot" to Table 2.
     train: how every neural cell trains (`TrainConfig`; its ``seeds`` come from ``seeds``).
@@ -93,7 +101,9 @@ class GridConfig:
     splits: str = ""
     allow_missing: bool = False
     metrics: tuple[str, ...] = ("acc", "f1")
+    split_match: Literal["name", "speaker_name"] = "name"
     split_seed: int = 0
+    val_policy: Literal["auto", "speaker", "stratified", "valid", "none"] = "auto"
     val_fraction: float = 0.1
     seeds: tuple[int, ...] = (0,)
     table1: tuple[str, ...] = TABLE1_METHODS
@@ -117,13 +127,23 @@ class GridConfig:
             raise TypeError(f"GridConfig: train must be a TrainConfig and model a ModelConfig (or dicts of their "
                             f"fields), got {type(self.train).__name__} and {type(self.model).__name__}")
         from parrot_jax.metrics import metric_keys
-        from parrot_jax.splits import ALL_PROTOCOLS
+        from parrot_jax.splits import ALL_PROTOCOLS, SPLIT_MATCHES, VAL_POLICIES
 
         if self.protocol not in ALL_PROTOCOLS:
             raise ValueError(f"GridConfig.protocol: expected one of {ALL_PROTOCOLS}, got {self.protocol!r}")
         if (self.protocol == "emobox") != bool(self.splits):
             raise ValueError("GridConfig: protocol 'emobox' needs the split files' folder (splits / --splits DIR), "
                              f"and splits is only read under it; got protocol={self.protocol!r}, splits={self.splits!r}")
+        if self.val_policy not in VAL_POLICIES:
+            raise ValueError(f"GridConfig.val_policy: expected one of {VAL_POLICIES}, got {self.val_policy!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
+            raise ValueError(f"GridConfig.val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
+        if self.train.monitor == "none" and self.val_policy not in ("auto", "none"):
+            raise ValueError(f"GridConfig: val_policy {self.val_policy!r} holds out validation rows that "
+                             "train.monitor='none' (no early stopping) never uses; set val_policy=auto or none, or a "
+                             "monitor (train.monitor=loss, accuracy or uar)")
+        if self.split_match not in SPLIT_MATCHES:
+            raise ValueError(f"GridConfig.split_match: expected one of {SPLIT_MATCHES}, got {self.split_match!r}")
         metric_keys(self.metrics)
         unknown = [m for m in self.table1 if m not in TABLE1_METHODS]
         unknown += [m for m in self.table2 if m not in TABLE2_METHODS + ABLATION_METHODS]
@@ -247,12 +267,21 @@ def apply_overrides(config: GridConfig, overrides: Sequence[str]) -> GridConfig:
 
 
 def config_dict(config: GridConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
+    """The config as JSON, settings the run does not use as None: ``folds`` under "emobox" (the split files
+    give the folds), ``split_match`` outside it."""
+    unused = {"folds": None} if config.protocol == "emobox" else {"split_match": None}
+    return json.loads(json.dumps({**asdict(config), **unused}))
 
 
 def train_config(config: GridConfig) -> TrainConfig:
     """The `TrainConfig` of every neural cell: ``config.train`` with ``config.seeds``."""
     return dataclasses.replace(config.train, seeds=tuple(config.seeds))
+
+
+def val_policy(config: GridConfig) -> str:
+    """The validation policy the grid carves with: ``config.val_policy``, but "none" for "auto" when
+    ``train.monitor`` is "none" (no early stopping: no row is held out for it)."""
+    return "none" if config.val_policy == "auto" and config.train.monitor == "none" else config.val_policy
 
 
 def model_config(config: GridConfig, num_classes: int) -> ModelConfig:

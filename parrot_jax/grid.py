@@ -25,10 +25,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from parrot_jax.cells import STATUSES, Cell, cell_key, cell_settings, cell_status, check_layer_inputs, plan_cells
-from parrot_jax.config import GridConfig, config_dict, model_config, train_config
+from parrot_jax.config import GridConfig, config_dict, model_config, train_config, val_policy
 from parrot_jax.features import CorpusData, available_features, load_corpus
 from parrot_jax.files import atomic_write, sha256_file, write_json
 from parrot_jax.locks import exclusive
+from parrot_jax.splits import validation_line
 
 # ----------------------------------------------------------------------------------------------------
 # running cells
@@ -40,12 +41,46 @@ def cell_folds(config: GridConfig, data: CorpusData) -> tuple[list, dict | None]
 
     if config.protocol == "emobox":
         split = emobox_folds(config.splits_folder(data.corpus), data.ids, [data.class_names[y] for y in data.labels],
-                             data.speakers, config.allow_missing, config.split_seed, config.val_fraction)
+                             data.speakers, config.allow_missing, config.split_seed, config.val_fraction,
+                             val_policy(config), config.split_match)
         return split.folds, split.record()
     if config.protocol == "speaker" and data.speakers is None:
         raise ValueError(f"corpus {data.corpus!r} has no speaker ids; use protocol=stratified")
     return make_folds(data.labels, data.speakers, config.protocol, config.folds, config.split_seed,
-                      config.val_fraction), None
+                      config.val_fraction, val_policy(config)), None
+
+
+def fold_rows(folds, refit: bool) -> list[dict[str, int]]:
+    """Rows per fold: train, val, test, and fit, the rows every model of the grid fits its final parameters
+    on (`splits.Fold.fit_rows`: train + val with ``train.refit``, train alone without)."""
+    return [{"train": len(f.train), "val": len(f.val), "test": len(f.test), "fit": len(f.fit_rows(refit))}
+            for f in folds]
+
+
+#: Early stopping that keeps an epoch this early, for most members of a cell, is reported (`early_stop_note`).
+EARLY_EPOCHS = 3
+
+
+def best_epochs(epochs: Sequence[int | None]) -> dict:
+    """The epochs early stopping kept, over a cell's members (None: an SVM): median, and how many are
+    <= `EARLY_EPOCHS`."""
+    kept = [e for e in epochs if e is not None]
+    return {"median": float(np.median(kept)) if kept else None, "members": len(kept),
+            f"within_{EARLY_EPOCHS}": sum(e <= EARLY_EPOCHS for e in kept)}
+
+
+def early_stop_note(name: str, record: dict) -> str | None:
+    """A warning line where early stopping is on and most of a cell's members kept an epoch <= `EARLY_EPOCHS`
+    (validation stopped them almost at once), else None."""
+    if record.get("settings", {}).get("train", {}).get("monitor") == "none":  # no early stopping
+        return None
+    epochs = record.get("best_epoch") or {}
+    early, members = epochs.get(f"within_{EARLY_EPOCHS}", 0), epochs.get("members", 0)
+    if not members or 2 * early <= members:
+        return None
+    return (f"warning: {name}: {early} of {members} members kept an epoch <= {EARLY_EPOCHS} (median "
+            f"{epochs['median']:g}): early stopping fired almost at once; see train.monitor, train.patience, "
+            "val_policy")
 
 
 def test_train_ratio(folds) -> float:
@@ -84,8 +119,14 @@ def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Call
     bar = tqdm(total=total, desc=f"  {label}", unit="epoch", leave=False, position=1, dynamic_ncols=True,
                disable=disable)
 
+    stage = ["select"]
+
     def progress(epoch: int, stats: dict) -> None:
         active, val_acc = np.asarray(stats["active"]), np.asarray(stats["val_accuracy"])
+        if stats.get("stage", "select") != stage[0]:  # the refit pass (train.refit) starts again at epoch 1
+            stage[0] = stats["stage"]
+            bar.reset()
+            bar.set_description(f"  {label} ({stage[0]})")
         bar.update(epoch - bar.n)
         shown = {"loss": f"{np.nanmean(stats['train_loss']):.3f}"}
         if np.isfinite(val_acc).any():  # members without validation rows (val_fraction=0) report NaN
@@ -144,16 +185,19 @@ def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds
     if method == "svm":
         from parrot_jax.svm import svm_cell
 
-        results = [svm_cell(features, data.labels, folds, standardize=config.svm_standardize)
-                   for features in cell_features]
+        results = [svm_cell(features, data.labels, folds, standardize=config.svm_standardize,
+                            refit=config.train.refit) for features in cell_features]
     else:
-        from parrot_jax.training import train_cells
+        from parrot_jax.training import NonFiniteLoss, train_cells
 
         tc, mc = train_config(config), model_config(config, len(data.class_names))
         names = ", ".join(cell.name for cell in cells)
         bar, progress = _epoch_bar(tc.epochs, f"{names} (epochs)", disable=not writer)
         try:
             results = train_cells(method, mc, cell_features, data.labels, folds, tc, progress)
+        except NonFiniteLoss as error:
+            raise ValueError(f"cell {cells[error.cell].name}: {error}; the cell is stopped and makes no table "
+                             "row (lower train.learning_rate, or check the features)") from None
         finally:
             bar.close()
     records = []
@@ -170,7 +214,10 @@ def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds
             "class_names": list(data.class_names),
             "metrics": {**{m: [float(getattr(r, m)) for r in runs] for m in ("accuracy", "macro_f1", "uar")},
                         "micro_f1": [from_confusion(r.confusion)["micro_f1"] for r in runs]},
-            "fold_rows": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+            "fold_rows": fold_rows(folds, config.train.refit),
+            "validation": {"policy": config.val_policy, "ran": folds[0].val_policy,
+                           "fit": "train+val" if config.train.refit else "train"},
+            "best_epoch": best_epochs([r.best_epoch for r in runs]),
             "splits": split_record,
             "confusion": np.sum([r.confusion for r in runs], axis=0).tolist(),
             "result": result.to_json(),
@@ -319,7 +366,8 @@ def _run_grid(config: GridConfig, provenance: dict | None, dry_run: bool, echo: 
     for note in notes:
         echo(note)
     if not cells:  # a dry run reports it too: it checks what a run would refuse
-        raise FileNotFoundError(f"no features to run under {config.features}/ (run `parrot extract` first)")
+        only = f" for the config's corpora ({', '.join(config.corpora)})" if config.corpora else ""
+        raise FileNotFoundError(f"no features to run under {config.features}/{only} (run `parrot extract` first)")
     cells_dir = config.run_dir / "cells"
     data = {c: load_corpus(config.features, c, sorted({e for x in cells if x.corpus == c for e in x.encoders}))
             for c in dict.fromkeys(x.corpus for x in cells)}
@@ -334,6 +382,9 @@ def _run_grid(config: GridConfig, provenance: dict | None, dry_run: bool, echo: 
         if record and (record["missing"]["count"] or record["unused"]["count"]):
             echo(f"{corpus}: {record['missing']['count']} split row(s) not in the store and "
                  f"{record['unused']['count']} store row(s) in no split left out (allow_missing)")
+    for corpus, corpus_folds in folds.items():
+        echo(validation_line(corpus, corpus_folds, config.val_policy, data[corpus].speakers)
+             + (" (train.monitor=none: no early stopping)" if config.train.monitor == "none" else ""))
     if dry_run:
         echo(f"{len(cells)} cells in {config.run_dir} ({sum(s == 'done' for s in status.values())} done):")
         for cell in cells:
@@ -356,22 +407,28 @@ def _run_grid(config: GridConfig, provenance: dict | None, dry_run: bool, echo: 
             if writer:
                 for cell, record in zip(group, records):
                     write_json(cells_dir / f"{cell.name}.json", record)
+                    note = early_stop_note(cell.name, record)
+                    if note:
+                        echo(note)
             bar.update(len(group))
     dist.barrier("parrot-grid-cells-written")
     records = {c.name: json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells}
-    seconds = time.perf_counter() - t0
     if writer:
         cell_records = [report.CellRecord.from_json(records[c.name]) for c in cells]
         row_order = list(dict.fromkeys(c.abbrev for c in cells))
+        echo("writing tables and their figures")
         report.write_tables(cell_records, config.run_dir, row_order, metrics=config.metrics,
                             test_train_ratio={c: test_train_ratio(f) for c, f in folds.items()})
+        draw_figures(config, cells, records, echo)
+    seconds = time.perf_counter() - t0  # cells, tables and figures
+    if writer:
         write_json(config.run_dir / "grid.json", {
             "config": config_dict(config), "provenance": provenance, "notes": notes,
             "splits": {c: r for c, r in split_records.items() if r is not None},
+            "validation": {c: validation_line(c, f, config.val_policy, data[c].speakers) for c, f in folds.items()},
             "cells": {c.name: {"status_before": status[c.name], "key": keys[c.name]} for c in cells},
             "seconds": seconds, "versions": versions(),
         })
-        draw_figures(config, cells, records, echo)
     dist.barrier("parrot-grid-tables-written")
     tables = {t: (config.run_dir / f"table{t}.md").read_text() for t in sorted({c.table for c in cells})}
     return GridOutcome(cells, status, records, tables, seconds)
@@ -400,10 +457,11 @@ def draw_figures(config: GridConfig, cells: Sequence[Cell], records: dict[str, d
     """confusion_<cell>.png for each figure cell, and tsne_<cell>.png where activations were kept."""
     from parrot_jax import report
 
-    written = []
-    for cell in figure_cells(config, cells, records):
+    written, chosen, t0 = [], figure_cells(config, cells, records), time.perf_counter()
+    for i, cell in enumerate(chosen, start=1):
         record = records[cell.name]
         title = f"{cell.corpus}: {cell.method} {cell.abbrev}"
+        echo(f"figures {i}/{len(chosen)}: confusion matrix of {cell.name}")
         path = config.run_dir / f"confusion_{cell.name}.png"
         report.plot_confusion(np.asarray(record["confusion"]), record["class_names"], title, path)
         written.append(path)
@@ -411,6 +469,7 @@ def draw_figures(config: GridConfig, cells: Sequence[Cell], records: dict[str, d
         if acts:
             with np.load(config.run_dir / "cells" / acts) as saved:
                 activations, labels = saved["activations"], saved["labels"]
+            echo(f"figures {i}/{len(chosen)}: t-SNE of {cell.name} ({len(activations)} rows)")
             try:
                 points = report.tsne_embedding(activations, seed=config.split_seed)
             except report.FigureSkipped as reason:
@@ -421,4 +480,6 @@ def draw_figures(config: GridConfig, cells: Sequence[Cell], records: dict[str, d
             written.append(path)
         else:
             echo(f"figures: {cell.name} kept no penultimate activations (tsne_methods={config.tsne_methods})")
+    if chosen:
+        echo(f"figures: {len(written)} written ({time.perf_counter() - t0:.1f} s)")
     return written

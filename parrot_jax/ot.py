@@ -17,6 +17,8 @@ zero, and the valid block of Gamma is the plan of the valid rows alone (see `tra
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,19 +67,19 @@ class SinkhornOptions:
     inner_iterations: int = 10
 
     def __post_init__(self) -> None:
-        if not self.epsilon > 0:
-            raise ValueError(f"SinkhornOptions.epsilon must be > 0, got {self.epsilon!r}")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"SinkhornOptions.epsilon must be a finite number > 0, got {self.epsilon!r}")
         if not (isinstance(self.max_iterations, int) and self.max_iterations >= 1):
             raise ValueError(f"SinkhornOptions.max_iterations must be an int >= 1, got {self.max_iterations!r}")
-        if self.threshold is not None and not self.threshold > 0:
-            raise ValueError(f"SinkhornOptions.threshold must be > 0 or None, got {self.threshold!r}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"SinkhornOptions.threshold must be a finite number > 0 or None, got {self.threshold!r}")
         if not (isinstance(self.inner_iterations, int) and self.inner_iterations >= 1):
             raise ValueError(f"SinkhornOptions.inner_iterations must be an int >= 1, got {self.inner_iterations!r}")
         if self.threshold is not None and self.inner_iterations > self.max_iterations:  # ott-jax would run past max
             raise ValueError(f"SinkhornOptions.inner_iterations ({self.inner_iterations}) must be <= max_iterations "
                              f"({self.max_iterations}) when a threshold is checked")
-        if not self.ridge >= 0:
-            raise ValueError(f"SinkhornOptions.ridge must be >= 0, got {self.ridge!r}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise ValueError(f"SinkhornOptions.ridge must be a finite number >= 0, got {self.ridge!r}")
         if self.gradient not in GRADIENT_MODES:
             raise ValueError(f"SinkhornOptions.gradient must be one of {GRADIENT_MODES}, got {self.gradient!r}")
 

@@ -13,7 +13,9 @@ Output, in the run folder:
   ``table2.md`` marks a cell with † where the corrected resampled t-test gives p < 0.05 and lists the tests.
 
 Scores are percentages. "mean +- std" is over every (seed, fold) run of a cell: the mean, and the
-sample standard deviation (divisor n - 1; 0 when a cell has a single run). The metrics shown are the
+sample standard deviation (divisor n - 1); a cell of a single run shows its value alone (the spread of one
+value is undefined, not zero), and its paired tests say n/a. Each neural cell's median best epoch (the
+epoch early stopping kept, over its members) is listed below the table and in the CSV. The metrics shown are the
 names asked for (`metrics.METRIC_ALIASES`: wa/acc, ua/uar, f1/macro_f1, micro_f1); the paper's tables
 show Acc (= WA) and F1 (macro).
 """
@@ -75,6 +77,11 @@ class CellRecord:
     class_names: tuple[str, ...]
     name: str
     run_ids: tuple[tuple[int, int], ...] = ()
+    best_epochs: tuple[int, ...] = ()  # per run, the epoch early stopping kept (empty: an SVM)
+
+    @property
+    def median_best_epoch(self) -> float | None:
+        return float(np.median(self.best_epochs)) if self.best_epochs else None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CellRecord":
@@ -96,16 +103,17 @@ class CellRecord:
             class_names=tuple(data["class_names"]),
             name=cell["name"],
             run_ids=tuple((int(r["seed"]), int(r["fold"])) for r in per_run),
+            best_epochs=tuple(int(r["best_epoch"]) for r in per_run if r.get("best_epoch") is not None),
         )
 
-    def score(self, metric: str) -> tuple[float, float]:
-        """(mean, std) of `metric` in percent over the cell's runs."""
+    def score(self, metric: str) -> tuple[float, float | None]:
+        """(mean, sample std) of `metric` in percent over the cell's runs; std None for a single run."""
         values = 100.0 * np.asarray(self.runs[metric], dtype=np.float64)
         if values.size == 0:
             raise ValueError(f"cell {self.name}: no runs recorded for {metric!r}")
         if not np.isfinite(values).all():
             raise ValueError(f"cell {self.name}: non-finite {metric} in {values.tolist()}")
-        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        std = float(values.std(ddof=1)) if values.size > 1 else None
         return float(values.mean()), std
 
 
@@ -133,9 +141,10 @@ class TableRow:
     corpus: str
     metric: str
     mean: float
-    std: float
+    std: float | None  # None for a single run
     n: int
     paper: float | None
+    median_best_epoch: float | None = None
 
     @property
     def diff(self) -> float | None:
@@ -156,7 +165,7 @@ def table_rows(
             published = paper.get((table, cell.method, cell.abbrev, cell.corpus), {}).get(metric)
             rows.append(
                 TableRow(table, cell.method, cell.abbrev, cell.corpus, metric, mean, std,
-                         len(cell.runs[metric]), published)
+                         len(cell.runs[metric]), published, cell.median_best_epoch)
             )
     return rows
 
@@ -176,10 +185,11 @@ def _row_order(rows: Sequence[TableRow], row_order: Sequence[str]) -> list[str]:
 
 
 def format_cell(row: TableRow | None, mark: str = "") -> str:
-    """'ours ± std<mark> (paper; ours-paper)', or '–' where we have no result."""
+    """'ours ± std<mark> (paper; ours-paper)' ('ours<mark> ...' for a single run), or '–' where we have no
+    result."""
     if row is None:
         return "–"
-    ours = f"{row.mean:.2f} ± {row.std:.2f}{mark}"
+    ours = f"{row.mean:.2f}" + ("" if row.std is None else f" ± {row.std:.2f}") + mark
     if row.paper is None:
         return ours
     return f"{ours} ({row.paper:.2f}; {row.diff:+.2f})"
@@ -223,10 +233,12 @@ def markdown_table(rows: Sequence[TableRow], table: int, row_order: Sequence[str
     else:
         raise ValueError(f"table must be 1 or 2, got {table!r}")
     legend = f"Table {table}: scores in %, ours as mean ± sample std over folds and seeds"
+    if any(r.std is None for r in rows):
+        legend += " (a single run: its value alone)"
     if any(r.paper is not None for r in rows):
         legend += "; in brackets the paper's number and ours minus the paper's (percentage points)"
     legend += "."
-    text = "\n".join(lines) + "\n\n" + legend + "\n"
+    text = "\n".join(lines) + "\n\n" + legend + "\n" + _epochs_line(rows)
     if tests:
         text += "\n" + significance_markdown(tests, titles)
     return text
@@ -311,56 +323,79 @@ def _md_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-CSV_FIELDS = ("table", "method", "encoders", "corpus", "metric", "mean", "std", "n", "paper", "diff")
+def _epochs_line(rows: Sequence[TableRow]) -> str:
+    """'Median best epoch: FCN MFCC 12, ...' over the table's neural cells (first corpus order), or ''."""
+    seen = {(r.corpus, r.method, r.abbrev): r.median_best_epoch for r in rows if r.median_best_epoch is not None}
+    if not seen:
+        return ""
+    parts = [f"{PAPER_CORPORA.get(c, c)} {METHOD_TITLES.get(m, m)} {a} {e:g}" for (c, m, a), e in seen.items()]
+    return "\nMedian best epoch (the epoch early stopping kept, over seeds x folds): " + ", ".join(parts) + ".\n"
+
+
+CSV_FIELDS = ("table", "method", "encoders", "corpus", "metric", "mean", "std", "n", "paper", "diff",
+              "median_best_epoch")
 
 
 def write_csv(rows: Sequence[TableRow], path: Path) -> None:
-    """One line per (method, encoders, corpus, metric); empty paper/diff where the paper has none."""
+    """One line per (method, encoders, corpus, metric); empty std for a single run, paper/diff where the
+    paper has none, median_best_epoch for an SVM."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_FIELDS)
         for r in rows:
             writer.writerow([
-                r.table, r.method, r.abbrev, r.corpus, r.metric, f"{r.mean:.4f}", f"{r.std:.4f}", r.n,
+                r.table, r.method, r.abbrev, r.corpus, r.metric, f"{r.mean:.4f}",
+                "" if r.std is None else f"{r.std:.4f}", r.n,
                 "" if r.paper is None else f"{r.paper:.2f}", "" if r.diff is None else f"{r.diff:.4f}",
+                "" if r.median_best_epoch is None else f"{r.median_best_epoch:g}",
             ])
 
 
+def table_title(rows: Sequence[TableRow], table: int) -> str:
+    """What a table's figure compares: our models, runs per cell, and the paper only where it has numbers."""
+    runs = "/".join(str(n) for n in sorted({r.n for r in rows}))
+    paper = any(r.paper is not None for r in rows)
+    compared = " against the paper's numbers" if paper else " (the paper has no numbers for these)"
+    what = "downstream models per encoder" if table == 1 else "fusions per encoder pair"
+    return f"Table {table}: our {what}, {runs} run(s) per cell{compared}"
+
+
 def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequence[str] = ()) -> None:
-    """Accuracy per cell: ours as a bar with its std, the paper's number as a diamond; a panel per corpus."""
+    """Every metric of the rows, one panel per (metric, corpus): ours as a bar with its std (none for a
+    single run), the paper's number as a diamond where it has one; the title names what is compared."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "accuracy" if any(r.metric == "accuracy" for r in rows) else rows[0].metric
-    acc = [r for r in rows if r.metric == metric]
-    corpora = _corpus_order(acc)
-    method_order = TABLE1_METHODS if table == 1 else TABLE2_METHODS
-    labels = _row_order(acc, row_order)
-    methods = _ordered((r.method for r in acc), method_order)
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    corpora = _corpus_order(rows)
+    labels = _row_order(rows, row_order)
+    methods = _ordered((r.method for r in rows), TABLE1_METHODS if table == 1 else TABLE2_METHODS)
     entries = [(m, lab) for m in methods for lab in labels]
-    index = {(r.method, r.abbrev, r.corpus): r for r in acc}
+    index = {(r.method, r.abbrev, r.corpus, r.metric): r for r in rows}
     height = max(2.5, 0.28 * len(entries) + 1.2)
-    fig, axes = plt.subplots(1, len(corpora), figsize=(4.5 * len(corpora), height), squeeze=False)
-    for ax, corpus in zip(axes[0], corpora):
-        shown = [(m, lab) for m, lab in entries if (m, lab, corpus) in index]
-        y = np.arange(len(shown))
-        got = [index[(m, lab, corpus)] for m, lab in shown]
-        ax.barh(y, [r.mean for r in got], xerr=[r.std for r in got], color="tab:blue", alpha=0.7,
-                label="ours (mean ± std)")
-        paper_y = [i for i, r in enumerate(got) if r.paper is not None]
-        if paper_y:
-            ax.plot([got[i].paper for i in paper_y], paper_y, "kD", markersize=4, label="paper")
-        ax.set_yticks(y, [f"{METHOD_TITLES.get(m, m)} {lab}" for m, lab in shown], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 100)
-        ax.set_xlabel(f"{metric} (%)")
-        ax.set_title(PAPER_CORPORA.get(corpus, corpus))
+    fig, axes = plt.subplots(len(metrics), len(corpora), figsize=(4.5 * len(corpora), height * len(metrics)),
+                             squeeze=False)
+    for axes_row, metric in zip(axes, metrics):
+        for ax, corpus in zip(axes_row, corpora):
+            shown = [(m, lab) for m, lab in entries if (m, lab, corpus, metric) in index]
+            y = np.arange(len(shown))
+            got = [index[(m, lab, corpus, metric)] for m, lab in shown]
+            ax.barh(y, [r.mean for r in got], xerr=[0.0 if r.std is None else r.std for r in got], color="tab:blue",
+                    alpha=0.7, label="ours (mean ± std over runs)")
+            paper_y = [i for i, r in enumerate(got) if r.paper is not None]
+            if paper_y:
+                ax.plot([got[i].paper for i in paper_y], paper_y, "kD", markersize=4, label="paper")
+            ax.set_yticks(y, [f"{METHOD_TITLES.get(m, m)} {lab}" for m, lab in shown], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlim(0, 100)
+            ax.set_xlabel(f"{METRIC_TITLES.get(metric, metric)} (%)")
+            ax.set_title(PAPER_CORPORA.get(corpus, corpus))
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
-    fig.suptitle(f"Table {table}: ours vs the paper")
-    fig.tight_layout(rect=(0.0, 0.6 / height, 1.0, 1.0))
+    fig.suptitle(table_title(rows, table), fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.6 / (height * len(metrics)), 1.0, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

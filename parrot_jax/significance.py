@@ -9,10 +9,15 @@ differences (Dietterich 1998; Nadeau and Bengio 2003). Our primary test corrects
       t = mean(d) / sqrt((1/n + n_test/n_train) * s^2),   s^2 = sum_j (d_j - mean(d))^2 / (n - 1),
   two-sided p from Student's t with n - 1 degrees of freedom; n_test/n_train is the ratio of test to
   training rows (1/(k-1) for k equal folds). Needs n >= 2 (a variance estimate).
-- **Wilcoxon signed-rank** (scipy.stats.wilcoxon, exact two-sided p, zero differences dropped), beside
-  it: no normality assumed, but no correction for overlapping training sets either. Its smallest
-  two-sided p is 2^(1-n), so it can reach alpha = 0.05 only with n >= 6 non-zero differences; with
-  fewer, it says "n/a" (5 folds x 1 seed is below its minimum).
+- **Wilcoxon signed-rank**, beside it: no normality assumed, but no correction for overlapping training
+  sets either. Zero differences are dropped (Wilcoxon's own rule, not Pratt's); the n non-zero |d_j| are
+  ranked with midranks for ties (which are the rule here: accuracies are multiples of 1/n_test), and
+  W+ = sum of the ranks of the positive d_j. The p-value is exact *conditional on the ties*: under the
+  null every one of the 2^n sign patterns of the given midranks is equally likely, and the distribution
+  of W+ over them is counted exactly (`signed_rank_distribution`, a convolution over the ranks), two-sided
+  p = P(|W+ - T/2| >= |w+ - T/2|), T the sum of the ranks. (scipy's "exact" table assumes ranks 1..n
+  without ties.) Its smallest two-sided p is 2^(1-n), so it can reach alpha = 0.05 only with n >= 6
+  non-zero differences; with fewer, it says "n/a" (5 folds x 1 seed is below its minimum).
 
 Below a test's minimum the result has no p-value (`p_value is None`) and a note says why.
 """
@@ -76,7 +81,8 @@ def corrected_resampled_t(differences, test_train_ratio: float) -> PairedTest:
 
 
 def wilcoxon_signed_rank(differences) -> PairedTest:
-    """Wilcoxon's signed-rank test (exact two-sided p; zero differences dropped)."""
+    """Wilcoxon's signed-rank test: zero differences dropped, midranks for ties, two-sided p exact
+    conditional on the ties (module doc); the statistic is min(W+, W-)."""
     d = _differences(differences)
     nonzero = d[d != 0.0]
     mean = float(d.mean()) if len(d) else float("nan")
@@ -84,8 +90,26 @@ def wilcoxon_signed_rank(differences) -> PairedTest:
         return PairedTest("wilcoxon", len(d), mean, None, None,
                           f"needs at least {MIN_RUNS['wilcoxon']} non-zero differences to reach p < {ALPHA}, "
                           f"got {len(nonzero)}")
-    result = stats.wilcoxon(nonzero, alternative="two-sided", method="exact")
-    return PairedTest("wilcoxon", len(d), mean, float(result.statistic), float(result.pvalue))
+    ranks = stats.rankdata(np.abs(nonzero).round(12))  # midranks (multiples of 1/2); rounding: equal |d| tie
+    doubled = np.rint(2 * ranks).astype(np.int64)
+    w, total = int(doubled[nonzero > 0].sum()), int(doubled.sum())
+    probability = signed_rank_distribution(doubled)
+    k = np.arange(total + 1)
+    p = float(probability[np.abs(2 * k - total) >= abs(2 * w - total)].sum())
+    return PairedTest("wilcoxon", len(d), mean, min(w, total - w) / 2, min(1.0, p))
+
+
+def signed_rank_distribution(doubled_ranks: np.ndarray) -> np.ndarray:
+    """P(2 W+ = k), k = 0 .. sum(doubled_ranks), when each rank's sign is + or - with probability 1/2
+    independently: the convolution over ranks r of (delta_0 + delta_2r) / 2, exact in float64 (every
+    probability is a multiple of 2^-n) for the n <= 50 runs of a grid."""
+    probability = np.zeros(int(np.sum(doubled_ranks)) + 1)
+    probability[0] = 1.0
+    for r in doubled_ranks:
+        shifted = np.zeros_like(probability)
+        shifted[r:] = probability[:len(probability) - r]
+        probability = (probability + shifted) / 2
+    return probability
 
 
 def paired_tests(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float],

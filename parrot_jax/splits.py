@@ -4,16 +4,25 @@ fixed folds of EmoBox's split files.
 Each fold holds three disjoint, sorted sets of row indices: ``test`` (one of the k folds), and the
 remaining k-1 folds divided into ``train`` and ``val`` (the validation part used for early stopping).
 Nothing in ``test`` ever appears in ``train`` or ``val``; under ``protocol="speaker"`` no speaker of
-``test`` appears in ``train`` or ``val`` either, and ``val`` is carved by speaker as well.
+``test`` appears in ``train`` or ``val`` either.
+
+How ``val`` is taken from a fold's training part is a named *validation policy* (`VAL_POLICIES`):
+"speaker" (whole speakers, ``round(val_fraction * S)`` of the S training speakers, at least one),
+"stratified" (a stratified ``val_fraction`` of the rows), "valid" (the split files' own ``valid`` part),
+"none" (no validation: no early stopping), or "auto" (default), the first of these that never costs a
+training part more than a quarter of its rows (`MAX_AUTO_SHARE`), nor a whole speaker when it has fewer
+than 4 (`MIN_AUTO_SPEAKERS`): the split files' ``valid`` part; by speaker (speaker protocol, or split
+files with speaker ids); a stratified share, at most a quarter. `validation_line` says what ran.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -29,6 +38,12 @@ ALL_PROTOCOLS: tuple[str, ...] = PROTOCOLS + ("emobox",)
 #: Share of each fold's training rows (or speakers) held out for early stopping. The paper uses
 #: early stopping without saying on what; 10 % of the training part is our default.
 DEFAULT_VAL_FRACTION = 0.1
+SplitMatch = Literal["name", "speaker_name"]
+SPLIT_MATCHES: tuple[str, ...] = ("name", "speaker_name")
+ValPolicy = Literal["auto", "speaker", "stratified", "valid", "none"]
+VAL_POLICIES: tuple[str, ...] = ("auto", "speaker", "stratified", "valid", "none")
+MAX_AUTO_SHARE = 0.25  # "auto" never holds out more of a training part's rows than this
+MIN_AUTO_SPEAKERS = 4  # ... nor a whole speaker of a training part with fewer speakers than this
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,13 @@ class Fold:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    val_policy: str = "none"  # the validation policy that carved ``val`` (never "auto")
+
+    def fit_rows(self, refit: bool) -> np.ndarray:
+        """The rows every model of a table fits its final parameters on: ``train`` + ``val`` with refit
+        (`TrainConfig.refit`: early stopping picks the epoch on ``val``, then the model trains on both),
+        ``train`` alone without (``val`` only picks the epoch)."""
+        return np.union1d(self.train, self.val).astype(np.int64) if refit else self.train
 
 
 def make_folds(
@@ -47,17 +69,17 @@ def make_folds(
     k: int = 5,
     seed: int = 0,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_policy: ValPolicy = "auto",
 ) -> list[Fold]:
     """Split rows into k folds; every row is in exactly one fold's ``test``.
 
     - ``stratified`` (the paper): random folds with each class's share kept (scikit-learn
-      ``StratifiedKFold(shuffle=True, random_state=seed)``); ``val`` is a stratified random
-      ``val_fraction`` of the training part.
+      ``StratifiedKFold(shuffle=True, random_state=seed)``);
     - ``speaker`` (speaker-independent): whole speakers per fold, class shares balanced as far as
-      whole speakers allow (``StratifiedGroupKFold``); ``val`` is ``round(val_fraction * S)`` (at
-      least one) of the S training speakers, drawn at random.
+      whole speakers allow (``StratifiedGroupKFold``).
 
-    ``val_fraction=0`` gives empty validation parts (no early stopping).
+    ``val`` follows ``val_policy`` (module doc; "auto" prefers speakers under ``speaker``, rows under
+    ``stratified``); ``val_fraction=0`` gives empty validation parts (no early stopping).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0:
@@ -66,63 +88,122 @@ def make_folds(
         raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise ValueError(f"k: expected an integer >= 2, got {k!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction!r}")
     rows = np.arange(len(labels))
     if protocol == "stratified":
         classes, counts = np.unique(labels, return_counts=True)
         if counts.min() < k:
             small = {str(c): int(n) for c, n in zip(classes, counts) if n < k}
             raise ValueError(f"stratified {k}-fold split: every class needs at least {k} rows; these have fewer: {small}")
-        outer = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, labels)
-        return [_fold(rest, test, _stratified_val(rest, labels, val_fraction, seed)) for rest, test in outer]
+        outer = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, labels))
+    else:
+        if speakers is None:
+            raise ValueError("protocol 'speaker' needs the speakers array (one speaker id per row)")
+        speakers = np.asarray(speakers)
+        if speakers.shape != labels.shape:
+            raise ValueError(f"speakers: expected shape {labels.shape} (one per label), got {speakers.shape}")
+        distinct = np.unique(speakers)
+        if len(distinct) < k:
+            raise ValueError(f"speaker {k}-fold split needs at least {k} speakers, got {len(distinct)}: "
+                             f"{distinct.tolist()}; use at most {len(distinct)} folds (--folds {len(distinct)}) or "
+                             "the stratified protocol (--protocol stratified)")
+        outer = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, labels, speakers))
+    rng = np.random.default_rng(seed)  # one stream over the folds
+    return with_validation([(rest, test, None) for rest, test in outer], labels, speakers, val_policy, val_fraction,
+                           seed, lambda _: rng, prefer="speaker" if protocol == "speaker" else "stratified")
 
-    if speakers is None:
-        raise ValueError("protocol 'speaker' needs the speakers array (one speaker id per row)")
-    speakers = np.asarray(speakers)
-    if speakers.shape != labels.shape:
-        raise ValueError(f"speakers: expected shape {labels.shape} (one per label), got {speakers.shape}")
-    distinct = np.unique(speakers)
-    if len(distinct) < k:
-        raise ValueError(f"speaker {k}-fold split needs at least {k} speakers, got {len(distinct)}: "
-                         f"{distinct.tolist()}; use at most {len(distinct)} folds (--folds {len(distinct)}) or "
-                         "the stratified protocol (--protocol stratified)")
-    outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, labels, speakers)
-    rng = np.random.default_rng(seed)
-    folds = []
-    for rest, test in outer:
-        folds.append(_fold(rest, test, _speaker_val(rest, speakers, val_fraction, rng)))
-    return folds
+
+def with_validation(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], labels: np.ndarray,
+                    speakers: np.ndarray | None, policy: str, val_fraction: float, seed: int,
+                    rng_of: Callable[[int], np.random.Generator], prefer: str) -> list[Fold]:
+    """Folds from (training part, test rows, the split files' ``valid`` rows or None) triples, ``val``
+    carved by ``policy`` (module doc). ``prefer``: "auto"'s carving, "speaker" or "stratified";
+    ``rng_of(f)``: the generator that draws fold f's validation speakers."""
+    if policy not in VAL_POLICIES:
+        raise ValueError(f"val_policy: expected one of {VAL_POLICIES}, got {policy!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction!r}")
+    has_valid = all(valid is not None for _, _, valid in parts)
+    if policy == "valid" and not has_valid:
+        raise ValueError("val_policy 'valid' needs the split files' own valid part (<corpus>_valid_fold_<k>.jsonl), "
+                         "and these folds have none; choose val_policy=speaker, stratified, none or auto")
+    if policy == "speaker" and speakers is None:
+        raise ValueError("val_policy 'speaker' needs speaker ids, and this corpus has none; choose "
+                         "val_policy=stratified, none or auto")
+    if policy == "valid" or (policy == "auto" and has_valid and all(
+            len(valid) <= MAX_AUTO_SHARE * len(rest) for rest, _, valid in parts)):
+        return [_fold(rest, test, valid, "valid") for rest, test, valid in parts]
+    if policy == "none" or val_fraction == 0.0:
+        return [_fold(rest, test, np.empty(0, np.int64), "none") for rest, test, _ in parts]
+    if policy == "speaker" or (policy == "auto" and prefer == "speaker" and speakers is not None):
+        folds = [_fold(rest, test, _speaker_val(rest, speakers, val_fraction, rng_of(f), policy == "speaker"),
+                       "speaker") for f, (rest, test, _) in enumerate(parts)]
+        if policy == "speaker" or all(_cheap(fold, speakers) for fold in folds):
+            return folds
+    fraction = min(val_fraction, MAX_AUTO_SHARE) if policy == "auto" else val_fraction
+    return [_fold(rest, test, _stratified_val(rest, labels, fraction, seed), "stratified") for rest, test, _ in parts]
+
+
+def _cheap(fold: Fold, speakers: np.ndarray) -> bool:
+    """A speaker-carved ``val`` within "auto"'s limits: at most a quarter of the rows, >= 4 training speakers."""
+    rest = len(fold.train) + len(fold.val)
+    return len(fold.val) <= MAX_AUTO_SHARE * rest and len(np.unique(speakers[np.union1d(fold.train, fold.val)])) >= \
+        MIN_AUTO_SPEAKERS
 
 
 def _stratified_val(rest: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """A stratified random ``val_fraction`` of ``rest`` (plain random where a class is too small)."""
-    if val_fraction == 0.0:
-        return np.empty(0, dtype=np.int64)
+    """A stratified random ``val_fraction`` of ``rest`` (plain random where a class has one row, or where
+    the share holds fewer rows than there are classes)."""
     _, counts = np.unique(labels[rest], return_counts=True)
-    stratify = labels[rest] if counts.min() >= 2 else None
+    enough = counts.min() >= 2 and math.ceil(val_fraction * len(rest)) >= len(counts)
+    stratify = labels[rest] if enough else None
     _, val = train_test_split(rest, test_size=val_fraction, random_state=seed, stratify=stratify)
     return val
 
 
-def _speaker_val(rest: np.ndarray, speakers: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """All rows of ``round(val_fraction * S)`` (at least one, at most S - 1) random training speakers."""
-    if val_fraction == 0.0:
-        return np.empty(0, dtype=np.int64)
+def _speaker_val(rest: np.ndarray, speakers: np.ndarray, val_fraction: float, rng: np.random.Generator,
+                 asked: bool) -> np.ndarray:
+    """All rows of ``round(val_fraction * S)`` (at least one, at most S - 1) random training speakers; a
+    training part of one speaker: an error where the policy was ``asked`` for, else no rows (auto then
+    carves rows instead)."""
     pool = np.unique(speakers[rest])
     if len(pool) < 2:
+        if not asked:
+            return rest
         raise ValueError(f"cannot carve a validation speaker from a training part with one speaker ({pool.tolist()}); "
-                         "train without validation (--set val_fraction=0), or with more speakers per training part "
-                         "(more folds)")
+                         "choose another validation policy (--set val_policy=stratified or none), or more speakers "
+                         "per training part (more folds)")
     n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
     chosen = rng.choice(pool, size=n_val, replace=False)
     return rest[np.isin(speakers[rest], chosen)]
 
 
-def _fold(rest: np.ndarray, test: np.ndarray, val: np.ndarray) -> Fold:
+def _fold(rest: np.ndarray, test: np.ndarray, val: np.ndarray, policy: str) -> Fold:
     val = np.sort(val).astype(np.int64)
     train = np.setdiff1d(rest, val).astype(np.int64)
-    return Fold(train=train, val=val, test=np.sort(test).astype(np.int64))
+    return Fold(train=train, val=val, test=np.sort(test).astype(np.int64), val_policy=policy)
+
+
+def validation_line(corpus: str, folds: Sequence[Fold], asked: str, speakers: np.ndarray | None) -> str:
+    """One line saying which validation policy ran and what each fold's validation took, e.g.
+    ``emodb: validation auto -> speaker: 49 rows, 1 speaker of 8 (11%) | ...``; flagged where it costs
+    more than "auto" ever would."""
+    used = folds[0].val_policy
+    parts, costly = [], False
+    for fold in folds:
+        rest = np.union1d(fold.train, fold.val)
+        share = len(fold.val) / len(rest)
+        text = f"{len(fold.val)} of {len(rest)} rows ({share:.0%})"
+        if speakers is not None and len(fold.val):
+            held, pool = len(np.unique(speakers[fold.val])), len(np.unique(speakers[rest]))
+            whole = not set(speakers[fold.val]) & set(speakers[fold.train])
+            text += f", {held} of {pool} speakers" + ("" if whole else " (rows of them)")
+            costly |= whole and pool < MIN_AUTO_SPEAKERS
+        costly |= share > MAX_AUTO_SHARE
+        parts.append(text)
+    head = f"{corpus}: validation {asked}" + (f" -> {used}" if asked != used else "")
+    note = (f"; costly: more than {MAX_AUTO_SHARE:.0%} of a training part or a whole speaker of fewer than "
+            f"{MIN_AUTO_SPEAKERS} ('auto' would not)" if costly else "")
+    return f"{head}; per fold: " + " | ".join(parts) + note
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,6 +323,8 @@ def emobox_folds(
     allow_missing: bool = False,
     seed: int = 0,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_policy: ValPolicy = "auto",
+    match: SplitMatch = "name",
 ) -> SplitFiles:
     """The folds of EmoBox's split files for the store's rows.
 
@@ -250,8 +333,11 @@ def emobox_folds(
     path component of the store's ids; ``emo`` the corpus's label code) and, when present, ``label_map.json``
     (code -> name, looked up case-insensitively). Labels map onto the vocabulary (`corpora.vocabulary_label`)
     and must equal the store's ``labels`` (vocabulary names, one per id), else ValueError naming the file.
-    The folds are the files' (their number too); ``val`` is the valid file's rows, or, without one, carved
-    from the training rows as `make_folds` does: by speaker when ``speakers`` is given, else stratified.
+    ``match`` (`SPLIT_MATCHES`) is what a store row is matched by: "name", its file name (the last path
+    component of its id), or "speaker_name", ``<speaker>_<file name>`` (SAVEE kept as distributed,
+    ``AudioData/DC/a01.wav``, against EmoBox's ``DC_a01``; needs ``speakers``).
+    The folds are the files' (their number too); ``val`` follows ``val_policy`` (`with_validation`; "auto"
+    carves by speaker when ``speakers`` is given).
     Split rows the store lacks and store rows in no split are refused, naming the first few, unless
     ``allow_missing`` (then left out, and listed in `SplitFiles`).
     """
@@ -259,13 +345,7 @@ def emobox_folds(
     labels = list(labels)
     if len(labels) != len(ids):
         raise ValueError(f"labels: expected one per id ({len(ids)}), got {len(labels)}")
-    row_of: dict[str, int] = {}
-    for r, id_ in enumerate(ids):
-        name = Path(id_).name
-        if name in row_of:
-            raise ValueError(f"store rows {ids[row_of[name]]!r} and {id_!r} share the file name {name!r}; "
-                             "split files match rows by file name")
-        row_of[name] = r
+    row_of = _match_keys(ids, speakers, match)
     label_map = _read_label_map(splits / "label_map.json")
     files = split_file_hashes(splits)
     paths = dict(sorted(_split_files(splits).items()))
@@ -282,10 +362,10 @@ def emobox_folds(
         raise ValueError(f"{splits}: " + "; ".join(problems) + " (allow_missing / --allow-missing leaves them out)")
     speakers = None if speakers is None else np.asarray(speakers)
     y = np.asarray(labels)
-    folds = []
-    for k, parts in parsed.items():
+    parts = []
+    for k, files_of_fold in parsed.items():
         rows = {}
-        for part, entries in parts.items():
+        for part, entries in files_of_fold.items():
             for name, label, where in entries:
                 if name in row_of and labels[row_of[name]] != label:
                     raise ValueError(f"{where}: {name} is labelled {label!r} in the split file but "
@@ -297,14 +377,34 @@ def emobox_folds(
         overlap = set(rows["test"]) & (set(rows["train"]) | set(rows.get("valid", [])))
         if overlap:
             raise ValueError(f"{splits}/fold_{k}: {_shown(sorted(ids[r] for r in overlap))} in both test and training files")
-        if "valid" in rows:
-            folds.append(_fold(np.union1d(rows["train"], rows["valid"]), rows["test"], rows["valid"]))
-        elif speakers is not None:
-            val = _speaker_val(rows["train"], speakers, val_fraction, np.random.default_rng([seed, k]))
-            folds.append(_fold(rows["train"], rows["test"], val))
-        else:
-            folds.append(_fold(rows["train"], rows["test"], _stratified_val(rows["train"], y, val_fraction, seed)))
+        parts.append((np.union1d(rows["train"], rows.get("valid", [])).astype(np.int64), rows["test"], rows.get("valid")))
+    numbers = list(parsed)
+    folds = with_validation(parts, y, speakers, val_policy, val_fraction, seed,
+                            lambda f: np.random.default_rng([seed, numbers[f]]),
+                            prefer="speaker" if speakers is not None else "stratified")
     return SplitFiles(folds, missing, unused, files, label_map)
+
+
+def _match_keys(ids: Sequence[str], speakers: np.ndarray | None, match: str) -> dict[str, int]:
+    """Store row of each match key (`emobox_folds`' ``match``); two rows of one key refused, naming the fix."""
+    if match not in SPLIT_MATCHES:
+        raise ValueError(f"split_match: expected one of {SPLIT_MATCHES}, got {match!r}")
+    if match == "speaker_name" and speakers is None:
+        raise ValueError("split_match 'speaker_name' needs speaker ids, and this corpus has none")
+    row_of: dict[str, int] = {}
+    for r, id_ in enumerate(ids):
+        key = Path(id_).name if match == "name" else f"{speakers[r]}_{Path(id_).name}"
+        if key in row_of:
+            first = ids[row_of[key]]
+            if match == "name":
+                raise ValueError(f"store rows {first!r} and {id_!r} share the file name {key!r}, and split files "
+                                 "match rows by file name (split_match=name); where the split files name rows "
+                                 "<speaker>_<file name> (EmoBox's DC_a01), match by speaker: --set "
+                                 "split_match=speaker_name")
+            raise ValueError(f"store rows {first!r} and {id_!r} share the speaker and file name {key!r} "
+                             "(split_match=speaker_name)")
+        row_of[key] = r
+    return row_of
 
 
 def split_file_hashes(splits: str | Path) -> dict[str, str]:

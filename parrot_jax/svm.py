@@ -1,9 +1,10 @@
 """The SVM baseline of Table 1: scikit-learn's SVC with its default hyperparameters, on the same folds.
 
 SVC() defaults: RBF kernel k(x, x') = exp(-gamma ||x - x'||^2), gamma = 1 / (D Var(X)) ("scale"),
-C = 1, one-vs-one multi-class. The SVM has no early stopping, so it is fitted on a fold's whole
-training part (``train`` and ``val`` rows, the paper's "four folds for training") and evaluated on
-``test``. Two feature arrays (a model pair) are concatenated column-wise.
+C = 1, one-vs-one multi-class. The SVM has no early stopping; it fits on the rows the neural models of
+the same grid fit their final parameters on (`splits.Fold.fit_rows`): ``train`` + ``val`` when they
+refit on both (``refit``), ``train`` alone when ``val`` is held out of their training. It is evaluated
+on ``test``. Two feature arrays (a model pair) are concatenated column-wise.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ def svm_cell(
     labels: np.ndarray,
     folds: Sequence[Fold],
     standardize: bool = True,
+    refit: bool = True,
 ) -> CellResult:
-    """Fit and test one SVC per fold. ``standardize`` (default True): z-score each column with the
-    mean/std of the fold's training rows only. Probabilities are one-hot predictions (SVC's default
+    """Fit and test one SVC per fold, on ``fold.fit_rows(refit)``. ``standardize`` (default True): z-score
+    each column with the mean/std of those rows only. Probabilities are one-hot predictions (SVC's default
     has no probability model); ``best_epoch`` / ``epochs_run`` are None."""
     start = time.perf_counter()
     arrays = [features] if isinstance(features, np.ndarray) else list(features)
@@ -41,7 +43,7 @@ def svm_cell(
     num_classes = int(labels.max()) + 1
     runs = []
     for f, fold in enumerate(folds):
-        fit_rows = np.sort(np.concatenate([fold.train, fold.val]))
+        fit_rows = fold.fit_rows(refit)
         if np.intersect1d(fit_rows, fold.test).size:
             raise ValueError(f"fold {f}: test rows overlap the training part")
         z = fit_standardizer([x], fit_rows).apply([x])[0] if standardize else x
@@ -53,6 +55,6 @@ def svm_cell(
         num_classes=num_classes,
         seeds=(0,),
         runs=runs,
-        config={"svm": {"estimator": "sklearn.svm.SVC()", "standardize": standardize}},
+        config={"svm": {"estimator": "sklearn.svm.SVC()", "standardize": standardize, "refit": refit}},
         seconds=time.perf_counter() - start,
     )

@@ -3,7 +3,8 @@
 
 A field's type hint says what its text may be:
 
-- ``bool``: true/false (also 1/0, yes/no); ``int``, ``float``, ``str``: as Python reads them;
+- ``bool``: true/false (also 1/0, yes/no); ``int``, ``float``, ``str``: as Python reads them, a float
+  finite (inf and nan refused: no setting of this project takes them);
 - ``Literal["a", "b"]``: one of the listed strings;
 - ``X | None``: "none" (or "null") for None, else an X; ``X | Y``: the first that reads the text;
 - ``tuple[X, ...]``: items separated by `separator` (default ","; empty items are dropped, so an empty
@@ -18,6 +19,7 @@ the dotted key and what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Sequence, Union
@@ -53,9 +55,12 @@ def parse_value(key: str, kind: Any, text: str, separator: str = ",") -> Any:
         return text.lower() in TRUE
     if kind in (int, float, str):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise refused from None
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{key}={text!r}: expected a finite float, not {value}")
+        return value
     if origin is Literal:
         if text not in args:
             raise refused

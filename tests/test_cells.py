@@ -42,3 +42,12 @@ def test_plan_pairs_a_single_deep_encoder_with_the_classical_features():
                      "missing encoders"]
     two_mamba, _ = plan_cells(GridConfig(), {"emodb": ["mfcc-stats", "ssam-tiny", "ssam-base"]})
     assert [c.abbrev for c in two_mamba if c.method == "parrot"] == ["A(T)+A(B)", "A(T)+MFCC", "A(B)+MFCC"]
+
+
+def test_a_config_restricting_corpora_says_so_in_the_skip_line():
+    cells, notes = plan_cells(GridConfig(corpora=("emodb",)), {"ravdess": ["mfcc-stats"], "savee": ["mfcc-stats"]})
+    assert cells == []
+    assert notes == ["emodb: no features present under features/emodb (skipped; the config restricts corpora to "
+                     "emodb (features present for ravdess, savee: choose with --corpora))"]
+    _, unrestricted = plan_cells(GridConfig(encoders=("wavlm-base",)), {"savee": ["mfcc-stats"]})
+    assert unrestricted[-1] == "savee: no features present under features/savee (skipped)"

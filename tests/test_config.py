@@ -57,7 +57,20 @@ def test_depth_three_overrides_reach_the_sinkhorn_options():
     ("model.sinkhorn.gradient=fast", "override 'model.sinkhorn.gradient=fast': model.sinkhorn.gradient='fast': "
                                      "expected one of 'implicit', 'unroll', 'stop'"),
     ("model.sinkhorn.epsilon=-1", "override 'model.sinkhorn.epsilon=-1': model.sinkhorn.epsilon='-1': "
-                                  "SinkhornOptions.epsilon must be > 0, got -1.0"),
+                                  "SinkhornOptions.epsilon must be a finite number > 0, got -1.0"),
+    ("train.learning_rate=inf", "override 'train.learning_rate=inf': train.learning_rate='inf': expected a finite "
+                                "float, not inf"),
+    ("model.sinkhorn.epsilon=inf", "override 'model.sinkhorn.epsilon=inf': model.sinkhorn.epsilon='inf': expected "
+                                   "a finite float, not inf"),
+    ("val_fraction=nan", "override 'val_fraction=nan': val_fraction='nan': expected a finite float, not nan"),
+    ("val_fraction=1", "overrides 'val_fraction=1': GridConfig.val_fraction: expected a number in [0, 1), got 1.0"),
+    ("val_policy=rows", "override 'val_policy=rows': val_policy='rows': expected one of 'auto', 'speaker', "
+                        "'stratified', 'valid', 'none'"),
+    ("train.monitor=ua", "override 'train.monitor=ua': train.monitor='ua': expected one of 'loss', 'accuracy', "
+                         "'uar', 'none'"),
+    ("val_policy=speaker", "overrides 'val_policy=speaker': GridConfig: val_policy 'speaker' holds out validation "
+                           "rows that train.monitor='none' (no early stopping) never uses; set val_policy=auto or "
+                           "none, or a monitor"),
     ("train.patience=soon", "override 'train.patience=soon': train.patience='soon': expected an int or none"),
     ("train.seeds=1", "override 'train.seeds=1': train.seeds cannot be set: set the training seeds with seeds=..."),
     ("model.num_classes=3", "override 'model.num_classes=3': model.num_classes cannot be set: it is each corpus's "),
@@ -66,6 +79,13 @@ def test_a_bad_override_is_refused_in_one_line_naming_the_key(override, message)
     with pytest.raises(ValueError) as refused:
         apply_overrides(GridConfig(), [override])
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_non_finite_settings_in_a_config_file_are_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"^TrainConfig.learning_rate must be a finite number > 0, got inf$"):
+        GridConfig(train={"learning_rate": float("inf")})
+    with pytest.raises(ValueError, match=r"^SinkhornOptions.epsilon must be a finite number > 0, got nan$"):
+        SinkhornOptions(epsilon=float("nan"))
 
 
 def test_config_files_give_train_and_model_typed_or_as_dicts(tmp_path):

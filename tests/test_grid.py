@@ -341,8 +341,11 @@ def test_degenerate_tsne_is_skipped_with_a_line(tmp_path):
     lines = []
     written = grid.draw_figures(config, [cell], {cell.name: record}, lines.append)
     assert written == [config.run_dir / "confusion_demo__parrot__a+b.png"] and written[0].is_file()
-    assert lines == ["figures: t-SNE of demo__parrot__a+b skipped: all 30 rows of the activations are equal: "
-                     "nothing for t-SNE to map"]
+    assert lines[:-1] == ["figures 1/1: confusion matrix of demo__parrot__a+b",  # progress, then the skip
+                          "figures 1/1: t-SNE of demo__parrot__a+b (30 rows)",
+                          "figures: t-SNE of demo__parrot__a+b skipped: all 30 rows of the activations are equal: "
+                          "nothing for t-SNE to map"]
+    assert re.fullmatch(r"figures: 1 written \(\d+\.\d s\)", lines[-1])
 
 
 def test_progress_without_validation_rows_shows_no_nan(recwarn):
@@ -421,6 +424,57 @@ def test_emobox_protocol_trains_on_the_split_files_and_tests_the_pairs(tmp_path,
     for r in rows:  # 4 runs: the corrected t gives a p-value, Wilcoxon (minimum 6) says n/a
         assert 0.0 <= float(r["corrected_t_p"]) <= 1.0 and r["wilcoxon_p"] == ""
         assert "wilcoxon n/a: needs at least 6 non-zero differences" in r["note"]
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_default_validation_spares_two_speakers_and_every_model_fits_the_same_rows(tmp_path, store, refit):
+    """EmoBox-style files with no valid part, two speakers in each training part: "auto" carves rows (at most a
+    quarter), never a speaker; the record says so; the SVM and the FCN fit on the same rows; --folds, unused
+    under EmoBox, leaves the finished cells' keys alone."""
+    _write_emobox_splits(tmp_path / "emobox" / "demo", store)
+    lines = []
+    config = GridConfig(run="fair", features=str(store), results=str(tmp_path / "results"), protocol="emobox",
+                        splits=str(tmp_path / "emobox"), table1=("svm", "fcn"), table2=(),
+                        train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "monitor": "loss", "refit": refit},
+                        model={"hidden": 16})
+    outcome = grid.run_grid(config, echo=lines.append)
+    svm, fcn = (outcome.records[f"demo__{m}__mfcc-stats"] for m in ("svm", "fcn"))
+    assert fcn["validation"] == {"policy": "auto", "ran": "stratified", "fit": "train+val" if refit else "train"}
+    assert svm["fold_rows"] == fcn["fold_rows"] == [{"train": 14, "val": 2, "test": 8, "fit": 16 if refit else 14}] * 2
+    assert all(r["train"] >= 0.75 * (r["train"] + r["val"]) for r in fcn["fold_rows"])
+    assert ("demo: validation auto -> stratified; per fold: 2 of 16 rows (12%), 1 of 2 speakers (rows of them) | "
+            "2 of 16 rows (12%), 1 of 2 speakers (rows of them)") in lines
+    assert fcn["best_epoch"]["members"] == 2 and 1 <= fcn["best_epoch"]["median"] <= 2
+    assert fcn["config"]["folds"] is None and "folds" not in fcn["settings"]
+    again = grid.run_grid(dataclasses.replace(config, folds=3), dry_run=True, echo=lambda _: None)
+    assert set(again.status.values()) == {"done"}
+    assert any(line.startswith("warning: demo__fcn__mfcc-stats: 2 of 2 members kept an epoch <= 3") for line in lines)
+
+
+def test_without_early_stopping_auto_holds_out_nothing(tmp_path, store):
+    lines = []
+    config = GridConfig(run="all", features=str(store), results=str(tmp_path / "results"), folds=3, table1=("svm", "fcn"),
+                        table2=(), encoders=("mfcc-stats",), train={"epochs": 2, "batch_size": 8, "monitor": "none"},
+                        model={"hidden": 16})
+    outcome = grid.run_grid(config, echo=lines.append)
+    svm, fcn = (outcome.records[f"demo__{m}__mfcc-stats"] for m in ("svm", "fcn"))
+    assert svm["fold_rows"] == fcn["fold_rows"] == [{"train": 16, "val": 0, "test": 8, "fit": 16}] * 3
+    assert "demo: validation auto -> none; per fold: 0 of 16 rows (0%) | 0 of 16 rows (0%) | 0 of 16 rows (0%) " \
+           "(train.monitor=none: no early stopping)" in lines
+    assert [r["best_epoch"] for r in fcn["result"]["runs"]] == [2, 2, 2]
+    with pytest.raises(ValueError, match="val_policy 'speaker' holds out validation rows that train.monitor='none'"):
+        dataclasses.replace(config, val_policy="speaker")
+
+
+def test_a_non_finite_loss_stops_the_cell_and_makes_no_row(tmp_path, store):
+    config = GridConfig(run="nan", features=str(store), results=str(tmp_path / "results"), folds=3, table1=("fcn",),
+                        table2=(), encoders=("mfcc-stats",), train={"epochs": 3, "batch_size": 8, "learning_rate": 1e30},
+                        model={"hidden": 16})
+    with pytest.raises(ValueError, match=r"^cell demo__fcn__mfcc-stats: seed 0, fold \d \(0-based\), epoch \d: "
+                       r"training loss is nan \(not finite\); the cell is stopped and makes no table row"):
+        grid.run_grid(config, echo=lambda _: None)
+    assert not (config.run_dir / "cells" / "demo__fcn__mfcc-stats.json").exists()
+    assert not (config.run_dir / "table1.md").exists()
 
 
 def test_grid_command_takes_run_and_metrics(tmp_path, store, capsys):

@@ -163,13 +163,15 @@ def test_stop_gradient_treats_plan_as_constant():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(epsilon=0.0), "SinkhornOptions.epsilon must be > 0, got 0.0"),
+        (dict(epsilon=0.0), "SinkhornOptions.epsilon must be a finite number > 0, got 0.0"),
+        (dict(epsilon=float("inf")), "SinkhornOptions.epsilon must be a finite number > 0, got inf"),
         (dict(max_iterations=5, inner_iterations=10),
          "SinkhornOptions.inner_iterations (10) must be <= max_iterations (5) when a threshold is checked"),
         (dict(max_iterations=0), "SinkhornOptions.max_iterations must be an int >= 1, got 0"),
-        (dict(threshold=-1.0), "SinkhornOptions.threshold must be > 0 or None, got -1.0"),
+        (dict(threshold=-1.0), "SinkhornOptions.threshold must be a finite number > 0 or None, got -1.0"),
         (dict(gradient="exact"), "SinkhornOptions.gradient must be one of ('implicit', 'unroll', 'stop'), got 'exact'"),
-        (dict(ridge=-1.0), "SinkhornOptions.ridge must be >= 0, got -1.0"),
+        (dict(ridge=-1.0), "SinkhornOptions.ridge must be a finite number >= 0, got -1.0"),
+        (dict(ridge=float("nan")), "SinkhornOptions.ridge must be a finite number >= 0, got nan"),
         (dict(inner_iterations=0), "SinkhornOptions.inner_iterations must be an int >= 1, got 0"),
     ],
 )

@@ -12,9 +12,11 @@ from parrot_jax.report import (
     CellRecord,
     markdown_table,
     plot_confusion,
+    plot_table,
     plot_tsne,
     read_paper_tables,
     table_rows,
+    table_title,
     FigureSkipped,
     tsne_embedding,
     write_tables,
@@ -48,7 +50,7 @@ def test_score_is_mean_and_sample_std_in_percent():
     mean, std = cell.score("accuracy")
     assert mean == pytest.approx(92.0)
     assert std == pytest.approx(np.std([91.0, 93.0], ddof=1))
-    assert _cells()[2].score("accuracy") == (50.0, 0.0)
+    assert _cells()[2].score("accuracy") == (50.0, None)  # one run: no spread
 
 
 def test_non_finite_scores_are_refused():
@@ -72,8 +74,8 @@ def test_table2_markdown_has_the_paper_layout_and_numbers():
         " | 90.00 ± 0.00 (89.92; +0.08) | 88.00 ± 0.00 (88.24; -0.24)"
         " | 92.00 ± 1.41 (92.24; -0.24) | 91.00 ± 1.41 (91.53; -0.53) |"
     )
-    # A pair the paper never ran: ours alone.
-    assert lines[3] == "| MFCC+LogMel | – | – | – | – | – | – | 50.00 ± 0.00 | 40.00 ± 0.00 |"
+    # A pair the paper never ran, of one run: its value alone, no ±.
+    assert lines[3] == "| MFCC+LogMel | – | – | – | – | – | – | 50.00 | 40.00 |"
 
 
 def test_table1_markdown_groups_rows_by_downstream():
@@ -93,7 +95,7 @@ def test_legend_mentions_paper_numbers_only_where_there_are_some():
     without = [r for r in table_rows(_cells(), 2, read_paper_tables()) if r.paper is None]
     assert "in brackets the paper's number" in with_paper
     assert markdown_table(without, 2).splitlines()[-1] == (
-        "Table 2: scores in %, ours as mean ± sample std over folds and seeds."
+        "Table 2: scores in %, ours as mean ± sample std over folds and seeds (a single run: its value alone)."
     )
 
 
@@ -114,6 +116,37 @@ def test_write_tables_csv_and_png(tmp_path):
         image = matplotlib.image.imread(tmp_path / f"table{table}.png")
         assert image.ndim == 3 and min(image.shape[:2]) > 200
         assert image[..., :3].std() > 0.05  # something is drawn
+
+
+def test_one_run_tables_print_no_spread_and_figures_plot_every_metric(tmp_path):
+    one = [_cell("ravdess", 1, "svm", ["mfcc-stats"], "MFCC", [0.9971], [0.99]),
+           _cell("ravdess", 2, "parrot", ["mfcc-stats", "logmel-stats"], "MFCC+LMEL", [0.75], [0.7])]
+    written = write_tables(one, tmp_path, metrics=("wa", "ua", "f1"), test_train_ratio={"ravdess": 0.25})
+    assert "| MFCC | 99.71 | 99.71 | 99.00 |" in written[1] and "±" not in written[1].split("\n\n")[0]
+    assert "(a single run: its value alone)" in written[1]
+    with (tmp_path / "table1.csv").open() as fh:
+        assert {r["std"] for r in csv.DictReader(fh)} == {""}
+    rows = table_rows(one, 1, read_paper_tables(), ("wa", "ua", "f1"))
+    assert table_title(rows, 1) == ("Table 1: our downstream models per encoder, 1 run(s) per cell (the paper has "
+                                    "no numbers for these)")
+    paper_rows = table_rows(_cells(), 2, read_paper_tables())
+    assert table_title(paper_rows, 2).endswith("run(s) per cell against the paper's numbers")
+    plot_table(rows[:1], 1, tmp_path / "one.png")  # WA only
+    three = matplotlib.image.imread(tmp_path / "table1.png")
+    assert three.shape[0] > 2.5 * matplotlib.image.imread(tmp_path / "one.png").shape[0]  # a panel row per metric
+
+
+def test_median_best_epoch_in_tables():
+    record = {"cell": {"corpus": "emodb", "table": 1, "method": "fcn", "encoders": ["mfcc-stats"], "abbrev": "MFCC",
+                       "name": "emodb__fcn__mfcc-stats"},
+              "metrics": {"accuracy": [0.5, 0.6, 0.7], "macro_f1": [0.5, 0.6, 0.7], "uar": [0.5, 0.6, 0.7]},
+              "confusion": [[1, 0], [0, 1]], "class_names": ["anger", "sadness"],
+              "result": {"runs": [{"seed": 0, "fold": f, "best_epoch": e, "confusion": [[1, 0], [0, 1]]}
+                                  for f, e in enumerate((2, 9, 4))]}}
+    cell = CellRecord.from_json(record)
+    assert cell.median_best_epoch == 4.0
+    text = markdown_table(table_rows([cell], 1, {}), 1)
+    assert text.endswith("Median best epoch (the epoch early stopping kept, over seeds x folds): Emo-DB FCN MFCC 4.\n")
 
 
 def test_confusion_plot_checks_its_shape(tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from parrot_jax.significance import corrected_resampled_t, paired_tests, wilcoxon_signed_rank
 
@@ -36,6 +39,32 @@ def test_wilcoxon_by_hand():
     assert result.statistic == 6.0 and result.p_value == pytest.approx(28 / 64, rel=1e-12)
     positive = wilcoxon_signed_rank([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
     assert positive.p_value == pytest.approx(2 / 64, rel=1e-12) and positive.significant
+
+
+def _enumerated_p(d: np.ndarray) -> float:
+    """Two-sided p of W+ by listing all 2^n sign patterns of the midranks of the non-zero |d|."""
+    d = d[d != 0]
+    ranks = stats.rankdata(np.abs(d))
+    observed, centre = ranks[d > 0].sum(), ranks.sum() / 2
+    hits = sum(abs(np.dot(signs, ranks) - centre) >= abs(observed - centre) - 1e-9
+               for signs in itertools.product((0, 1), repeat=len(d)))
+    return hits / 2 ** len(d)
+
+
+def test_wilcoxon_with_tied_differences_is_exact_conditional_on_the_midranks():
+    # RAVDESS PARROT vs Concatenation: test rows gained of 240; |11| ties. Midranks 2->1, 6->2, 11->3.5,
+    # 3.5, 14->5, 24->6; W+ = 1 + 3.5 = 4.5; 16 of the 64 sign patterns are as far from T/2 = 10.5: p = 0.25
+    # (scipy's tie-free table says 0.3125).
+    ravdess = np.array([-6, -24, -11, -14, 2, 11]) / 240
+    result = wilcoxon_signed_rank(ravdess)
+    assert result.p_value == pytest.approx(0.25, abs=1e-15) == _enumerated_p(ravdess * 240)
+    assert result.statistic == 4.5
+    assert stats.wilcoxon(ravdess, method="exact").pvalue == pytest.approx(0.3125)  # what we no longer print
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # heavy ties and zeros (dropped), as accuracies on a few test rows give
+        d = rng.integers(-4, 5, size=int(rng.integers(6, 13))).astype(float)
+        if np.count_nonzero(d) >= 6:
+            assert wilcoxon_signed_rank(d / 107).p_value == pytest.approx(_enumerated_p(d), abs=1e-12)
 
 
 def test_below_minimum_is_na_never_a_p_value():

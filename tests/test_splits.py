@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from parrot_jax.corpora import parse_name
-from parrot_jax.splits import emobox_folds, make_folds, split_file_hashes
+from parrot_jax.splits import emobox_folds, make_folds, split_file_hashes, validation_line
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = SHARED / "emodb" / "wav"
@@ -98,9 +98,9 @@ def test_errors_name_the_values():
     with pytest.raises(ValueError, match=r"needs at least 5 speakers, got 3: \[0, 1, 2\]; use at most 3 folds "
                        r"\(--folds 3\) or the stratified protocol \(--protocol stratified\)"):  # fmt: skip
         make_folds(labels, speakers % 3, protocol="speaker", k=5)
-    with pytest.raises(ValueError, match=r"training part with one speaker \(\[[01]\]\); train without validation "
-                       r"\(--set val_fraction=0\)"):  # fmt: skip
-        make_folds(labels, speakers % 2, protocol="speaker", k=2)
+    with pytest.raises(ValueError, match=r"training part with one speaker \(\[[01]\]\); choose another validation "
+                       r"policy \(--set val_policy=stratified or none\)"):  # fmt: skip
+        make_folds(labels, speakers % 2, protocol="speaker", k=2, val_policy="speaker")
     assert len(make_folds(labels, speakers % 2, protocol="speaker", k=2, val_fraction=0.0)) == 2
     with pytest.raises(ValueError, match="needs the speakers array"):
         make_folds(labels, protocol="speaker")
@@ -110,6 +110,10 @@ def test_errors_name_the_values():
         make_folds(labels, speakers[:10], protocol="speaker")
     with pytest.raises(ValueError, match=r"val_fraction: expected a value in \[0, 1\), got 1.5"):
         make_folds(labels, val_fraction=1.5)
+    with pytest.raises(ValueError, match=r"val_policy 'valid' needs the split files' own valid part"):
+        make_folds(labels, val_policy="valid")
+    with pytest.raises(ValueError, match=r"val_policy: expected one of \('auto'"):
+        make_folds(labels, val_policy="rows")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,6 +219,71 @@ def test_emobox_layout_valid_file_and_codes(tmp_path):
         emobox_folds(tmp_path, names, labels)
     with pytest.raises(ValueError, match=r"splits folder .*nowhere does not exist"):
         emobox_folds(tmp_path / "nowhere", names, labels)
+
+
+def _write_fold(folder: Path, corpus: str, parts: dict[str, list[str]], emotion) -> None:
+    fold = folder / "fold_1"
+    fold.mkdir(parents=True)
+    for part, rows in parts.items():
+        (fold / f"{corpus}_{part}_fold_1.jsonl").write_text(
+            "".join(json.dumps({"wav": f"downloads/{corpus}/{n}.wav", "emo": emotion(n)}) + "\n" for n in rows))
+
+
+def test_two_training_speakers_keep_at_least_three_quarters_of_the_training_rows(tmp_path):
+    """TESS-like: one fold, two speakers in its training part, no valid file. "auto" may not hold out a speaker
+    (half the rows): it carves a stratified 10 %; asked for, "speaker" takes a whole speaker, and says so."""
+    names = [f"{spk}_{t}_{e}" for spk in ("OAF", "YAF", "ZZZ") for t in range(10) for e in ("ANG", "SAD")]
+    labels = ["anger" if n.endswith("ANG") else "sadness" for n in names]
+    speakers = np.array([n[:3] for n in names])
+    train = [n for n in names if not n.startswith("ZZZ")]
+    _write_fold(tmp_path, "toy", {"train": train, "test": [n for n in names if n.startswith("ZZZ")]}, lambda n: n[-3:])
+    (fold,) = emobox_folds(tmp_path, names, labels, speakers).folds
+    assert fold.val_policy == "stratified" and len(fold.train) >= 0.75 * len(train) and len(fold.val) == 4
+    line = validation_line("toy", [fold], "auto", speakers)
+    assert line == "toy: validation auto -> stratified; per fold: 4 of 40 rows (10%), 2 of 2 speakers (rows of them)"
+    (whole,) = emobox_folds(tmp_path, names, labels, speakers, val_policy="speaker").folds
+    assert whole.val_policy == "speaker" and len(whole.val) == 20 and len(set(speakers[whole.val])) == 1
+    assert validation_line("toy", [whole], "speaker", speakers) == (
+        "toy: validation speaker; per fold: 20 of 40 rows (50%), 1 of 2 speakers; costly: more than 25% of a "
+        "training part or a whole speaker of fewer than 4 ('auto' would not)")
+    (none,) = emobox_folds(tmp_path, names, labels, speakers, val_policy="none").folds
+    assert len(none.val) == 0 and len(none.train) == 40 and none.val_policy == "none"
+    with pytest.raises(ValueError, match=r"val_policy 'valid' needs the split files' own valid part"):
+        emobox_folds(tmp_path, names, labels, speakers, val_policy="valid")
+
+
+def test_auto_takes_a_speaker_only_from_four_or_more_within_a_quarter():
+    labels, speakers = _synthetic()
+    speaker = make_folds(labels, speakers, protocol="speaker", k=5)  # 8 training speakers of 10
+    assert {f.val_policy for f in speaker} == {"speaker"}
+    few = make_folds(labels, speakers % 4, protocol="speaker", k=2)  # 2 training speakers
+    assert {f.val_policy for f in few} == {"stratified"}
+    assert all(len(f.val) <= 0.25 * (len(f.train) + len(f.val)) for f in few)
+    assert {f.val_policy for f in make_folds(labels, speakers % 4, protocol="speaker", k=2, val_policy="speaker")} \
+        == {"speaker"}
+    capped = make_folds(labels, protocol="stratified", val_fraction=0.5)  # auto: at most a quarter
+    assert all(abs(len(f.val) - 0.25 * (len(f.train) + len(f.val))) <= 1 for f in capped)
+    asked = make_folds(labels, protocol="stratified", val_fraction=0.5, val_policy="stratified")
+    assert all(abs(len(f.val) - 0.5 * (len(f.train) + len(f.val))) <= 1 for f in asked)
+
+
+def test_savee_layout_matched_by_speaker_and_file_name(tmp_path):
+    """SAVEE as distributed, AudioData/<speaker>/<name>.wav with names repeating across speakers, against
+    EmoBox's DC_a01 rows."""
+    ids = [f"savee/AudioData/{spk}/{e}{i:02d}" for spk in ("DC", "JE", "JK") for e in ("a", "sa") for i in (1, 2)]
+    speakers = np.array([i.split("/")[2] for i in ids])
+    labels = ["anger" if Path(i).name.startswith("a") else "sadness" for i in ids]
+    rows = [f"{spk}_{Path(i).name}" for i, spk in zip(ids, speakers)]
+    _write_fold(tmp_path, "savee", {"train": rows[:8], "test": rows[8:]},
+                lambda n: "a" if n.split("_")[1].startswith("a") else "sa")
+    (tmp_path / "label_map.json").write_text(json.dumps({"a": "anger", "sa": "sadness"}))
+    with pytest.raises(ValueError, match=r"store rows 'savee/AudioData/DC/a01' and 'savee/AudioData/JE/a01' share "
+                       r"the file name 'a01', .* match by speaker: --set split_match=speaker_name"):
+        emobox_folds(tmp_path, ids, labels, speakers)
+    (fold,) = emobox_folds(tmp_path, ids, labels, speakers, val_policy="none", match="speaker_name").folds
+    assert [ids[r] for r in fold.test] == ids[8:] and fold.train.tolist() == list(range(8))
+    with pytest.raises(ValueError, match="split_match 'speaker_name' needs speaker ids"):
+        emobox_folds(tmp_path, ids, labels, None, match="speaker_name")
 
 
 CREMAD_LIST = SHARED / "cremad" / "audiowav_files.tsv"

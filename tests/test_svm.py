@@ -21,13 +21,16 @@ def _problem(n: int = 210, classes: int = 3, dims: tuple[int, ...] = (12, 8), se
     return feats, labels
 
 
-def test_equals_plain_sklearn_per_fold():
+@pytest.mark.parametrize("refit", [True, False])
+def test_equals_plain_sklearn_per_fold(refit):
+    """Fitted on the rows the neural models fit on: train + val with refit, train alone without."""
     feats, labels = _problem()
     folds = make_folds(labels, k=5, seed=1)
-    cell = svm_cell(feats, labels, folds)
+    cell = svm_cell(feats, labels, folds, refit=refit)
     x = np.concatenate(feats, axis=1)
     for run, fold in zip(cell.runs, folds):
-        fit = np.concatenate([fold.train, fold.val])
+        fit = np.concatenate([fold.train, fold.val]) if refit else fold.train
+        assert len(fold.val) > 0
         scaler = StandardScaler().fit(x[fit])
         expected = SVC().fit(scaler.transform(x[fit]), labels[fit]).predict(scaler.transform(x[fold.test]))
         assert np.array_equal(run.predictions, expected)

@@ -24,6 +24,7 @@ from parrot_jax.models import MODEL_KINDS, ModelConfig, build_model, num_inputs
 from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import (
+    NonFiniteLoss,
     TrainConfig,
     epoch_order,
     fit_standardizer,
@@ -79,7 +80,7 @@ def test_vmapped_equals_each_fold_alone():
     sizes, two seeds, dropout on, early stopping active."""
     feats, labels = _problem()
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop="step")
+    config = TrainConfig(epochs=6, patience=2, monitor="loss", seeds=(0, 1), loop="step")
     together = train_cell("parrot", _config(), feats, labels, folds, config)
     alone = train_cell("parrot", _config(), feats, labels, folds, dataclasses.replace(config, fold_axis="loop"))
     assert _max_diff(together.params, alone.params) < 2e-5
@@ -125,6 +126,22 @@ def test_whole_cell_on_device_equals_host_loop(kind):
 
 
 @pytest.mark.slow
+def test_uar_monitor_and_refit_on_device_equal_host_loop():
+    """The device program's UA monitor and per-member epoch limits (the refit pass) give what the host loop
+    gives: identical best epochs, epochs run and predictions."""
+    feats, labels = _problem()
+    folds = _unequal_folds(len(labels))
+    config = TrainConfig(epochs=8, patience=1, monitor="uar", refit=True, learning_rate=1e-2, seeds=(0, 1),
+                         loop="step")
+    host = train_cell("fcn", _config(), feats[:1], labels, folds, config)
+    device = train_cell("fcn", _config(), feats[:1], labels, folds, dataclasses.replace(config, loop="cell"))
+    assert len({r.best_epoch for r in host.runs}) >= 2
+    for a, b in zip(host.runs, device.runs):
+        assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+        assert np.array_equal(a.predictions, b.predictions)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["step", "cell"])
 def test_packed_cells_equal_each_cell_alone(loop):
     """Two cells of equal shapes (other features, the same labels and folds) trained as one program
@@ -134,7 +151,7 @@ def test_packed_cells_equal_each_cell_alone(loop):
     rng = np.random.default_rng(7)
     other = [(x[:, ::-1] * 0.5 + rng.normal(size=x.shape) - 2.0).astype(np.float32) for x in feats]
     folds = _unequal_folds(len(labels))
-    config = TrainConfig(epochs=6, patience=2, seeds=(0, 1), loop=loop)  # as test_vmapped_equals_each_fold_alone
+    config = TrainConfig(epochs=6, patience=2, monitor="loss", seeds=(0, 1), loop=loop)  # as test_vmapped_...
     packed = train_cells("parrot", _config(), [feats, other], labels, folds, config)
     assert len(packed) == 2
     for cell_feats, together in zip([feats, other], packed):
@@ -212,7 +229,7 @@ def test_test_rows_never_reach_training(protocol):
     feats, labels = _problem()
     speakers = np.arange(len(labels)) % 8
     folds = make_folds(labels, speakers, protocol=protocol, k=3, seed=0)
-    config = TrainConfig(epochs=3, patience=2, loop="step")
+    config = TrainConfig(epochs=3, patience=2, monitor="loss", loop="step")
     base = train_cell("parrot", _config(), feats, labels, folds, config)
     f = 1
     test = folds[f].test
@@ -272,6 +289,53 @@ def test_results_predict_progress_and_json():
     assert summary["accuracy"]["std_folds"] == pytest.approx(accs.mean(0).std())
     encoded = json.loads(json.dumps(cell.to_json()))
     assert encoded["config"]["train"]["seeds"] == [3, 4] and len(encoded["runs"]) == 6
+
+
+def test_refit_trains_each_member_on_train_and_val_for_its_best_epoch():
+    """refit: each member (seed) equals a member trained without validation on train + val for exactly the
+    best epoch early stopping picked for it (the same initialisation, shuffles and standardiser rows)."""
+    feats, labels = _problem(n=90)
+    fold = _unequal_folds(90)[2]
+    config = TrainConfig(epochs=6, patience=2, monitor="uar", learning_rate=1e-2, seeds=(0, 1), loop="step",
+                         refit=True)
+    refit = train_cell("fcn", _config(), feats[:1], labels, [fold], config)
+    whole = Fold(fold.fit_rows(True), np.empty(0, np.int64), fold.test)
+    assert len(whole.train) == len(fold.train) + len(fold.val)
+    for run in refit.runs:
+        alone = train_cell("fcn", _config(), feats[:1], labels, [whole],
+                           dataclasses.replace(config, seeds=(run.seed,), epochs=run.best_epoch, refit=False)).runs[0]
+        assert alone.epochs_run == run.best_epoch
+        assert np.array_equal(alone.predictions, run.predictions)
+        assert np.allclose(alone.probabilities, run.probabilities, atol=1e-6)
+    kept = train_cell("fcn", _config(), feats[:1], labels, [fold], dataclasses.replace(config, refit=False))
+    assert [r.best_epoch for r in kept.runs] == [r.best_epoch for r in refit.runs]
+
+
+def test_monitor_none_trains_every_epoch_and_keeps_the_last_params():
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=3)
+    config = TrainConfig(epochs=3, patience=1, monitor="none", learning_rate=1e-2, loop="step")
+    kept = train_cell("fcn", _config(), feats[:1], labels, folds, config)
+    assert [(r.best_epoch, r.epochs_run) for r in kept.runs] == [(3, 3)] * 3
+    blind = [Fold(f.train, np.empty(0, np.int64), f.test) for f in folds]  # the same without validation rows
+    alone = train_cell("fcn", _config(), feats[:1], labels, blind, config)
+    assert all(np.array_equal(a.predictions, b.predictions) for a, b in zip(kept.runs, alone.runs))
+
+
+@pytest.mark.parametrize("loop", ["step", pytest.param("cell", marks=pytest.mark.slow)])
+def test_non_finite_loss_stops_the_cell_naming_seed_fold_and_epoch(loop):
+    """An injected non-finite loss: one row of huge features (finite, unstandardised) overflows the logits
+    of every member that trains on it; fold 0 tests on that row and folds 1 and 2 train on it, so they fail
+    in epoch 1, and seed 0's fold 1 is named first."""
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=3)
+    feats = [feats[0].copy()]
+    feats[0][np.intersect1d(folds[0].test, np.intersect1d(folds[1].train, folds[2].train))[0]] = 3e38
+    config = TrainConfig(epochs=3, seeds=(0, 1), standardize=False, loop=loop)
+    with pytest.raises(NonFiniteLoss, match=r"^seed 0, fold 1 \(0-based\), epoch 1: training loss is nan "
+                       r"\(not finite\)$") as caught:
+        train_cell("fcn", _config(), feats, labels, folds, config)
+    assert (caught.value.cell, caught.value.seed, caught.value.fold, caught.value.epoch) == (0, 0, 1, 1)
 
 
 def test_bad_input_is_named():
