@@ -160,7 +160,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoders", help="comma-separated encoders to train on (default: every one stored)")
     p.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50, the paper's)")
     p.add_argument("--holdout", type=float, default=0.1, help="share of the corpus kept out to score it (0.1)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the rest for early stopping (0.1)")
+    p.add_argument("--monitor", choices=("none", "loss", "accuracy", "uar"), default="none",
+                   help="early stopping on a validation share of the rest (default: none, train every epoch)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the rest held out for early stopping (default: 0.1 with --monitor, else none)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="ENCODER=PATH",
                    help="checkpoint folder of an encoder that needs one")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse recordings longer than this, "
@@ -188,7 +191,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             if missing:
                 raise ValueError(f"no features of {', '.join(missing)} for corpus {args.corpus!r} in {args.features}")
             model, scores = train_on_corpus(args.features, args.corpus, args.kind, encoders,
-                                            TrainConfig(epochs=args.epochs), holdout=args.holdout,
+                                            TrainConfig(epochs=args.epochs, monitor=args.monitor), holdout=args.holdout,
                                             val_fraction=args.val_fraction)
             save_model(args.model, model)
             print(f"trained {args.kind} on {args.corpus} ({'+'.join(encoders)}): {scores['train_rows']} rows; "

@@ -64,8 +64,9 @@ class GridConfig:
         (counted and listed in grid.json and each cell record) instead of refusing them.
     metrics: the metrics tables show, by name: wa (= acc, accuracy), ua (= uar), f1 (macro), micro_f1.
         Cell records hold all of them per run whatever is shown.
-    split_match: under "emobox", what matches a store row to a split file's row: "name" (its file name) or
-        "speaker_name" (``<speaker>_<file name>``, e.g. SAVEE's ``AudioData/DC/a01.wav`` as ``DC_a01``).
+    split_match: under "emobox", what matches a store row to a split file's row: "name" (its file name),
+        "speaker_name" (``<speaker>_<file name>``, e.g. SAVEE's ``AudioData/DC/a01.wav`` as ``DC_a01``), or
+        "key" (a CSV corpus's ``key`` column against each split line's ``key`` field, e.g. ``savee-DC_a01``).
     split_seed: seed of the fold assignment (the same folds for every cell and training seed).
     val_policy: how each fold's validation part (early stopping) is taken from its training part
         (`splits.VAL_POLICIES`): "speaker", "stratified", "valid" (the split files' own), "none" (no early
@@ -101,7 +102,7 @@ class GridConfig:
     splits: str = ""
     allow_missing: bool = False
     metrics: tuple[str, ...] = ("acc", "f1")
-    split_match: Literal["name", "speaker_name"] = "name"
+    split_match: Literal["name", "speaker_name", "key"] = "name"
     split_seed: int = 0
     val_policy: Literal["auto", "speaker", "stratified", "valid", "none"] = "auto"
     val_fraction: float = 0.1

@@ -82,16 +82,22 @@ EXPECTED_COUNTS: dict[str, dict[str, dict[str, int]]] = {
 @dataclass(frozen=True)
 class Utterance:
     """One recording: `path` is relative to the corpus root (POSIX separators); `duration` in seconds is
-    None where the file's header cannot be read (the audio layer then rejects it, naming the problem)."""
+    None where the file's header cannot be read (the audio layer then rejects it, naming the problem);
+    `key` is a CSV corpus's own name for the row (its ``key`` column: what split files may match it by)."""
 
     id: str
     path: str
     label: str
     speaker: str | None
     duration: float | None
+    key: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The manifest's JSON of the row; ``key`` only where it is set (older manifests keep their hash)."""
+        row = asdict(self)
+        if row["key"] is None:
+            del row["key"]
+        return row
 
 
 def parse_name(corpus: str, filename: str) -> tuple[str, str | None]:
@@ -216,8 +222,9 @@ def _from_csv(root: Path) -> list[Utterance]:
     with _csv_rows(csv_path) as reader:
         columns = set(reader.fieldnames or [])
         if not {"path", "label"} <= columns:
-            raise ValueError(f"{csv_path}: expected a header with columns path,label[,speaker]; got {sorted(columns)}")
-        utterances, seen, files = [], {}, {}
+            raise ValueError(f"{csv_path}: expected a header with columns path,label[,speaker][,key]; "
+                             f"got {sorted(columns)}")
+        utterances, seen, files, keys = [], {}, {}, {}
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
             if row["path"] is None or row["label"] is None:
@@ -237,8 +244,12 @@ def _from_csv(root: Path) -> list[Utterance]:
                 raise ValueError(f"{where}: duplicate utterance id {id_!r} (first on line {seen[id_]})")
             seen[id_] = line
             speaker = (row.get("speaker") or "").strip() or None
+            key = (row.get("key") or "").strip() or None
+            if key is not None and key in keys:
+                raise ValueError(f"{where}: key {key!r} is the key of line {keys[key]} too; each row's key is its own")
+            keys[key] = line
             utterances.append(Utterance(id_, Path(relative).as_posix(), _csv_label(row["label"], where), speaker,
-                                        _duration(target)))  # fmt: skip
+                                        _duration(target), key))  # fmt: skip
     if not utterances:
         raise ValueError(f"{csv_path}: no rows")
     return utterances

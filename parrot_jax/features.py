@@ -101,13 +101,15 @@ def write_store_manifest(
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """A feature matrix and its rows' ids, labels and speakers, aligned row by row."""
+    """A feature matrix and its rows' ids, labels, speakers and keys (a CSV corpus's ``key`` column), aligned
+    row by row."""
 
     matrix: np.ndarray  # float32 [N, D]; an np.memmap (read-only) for large stores
     ids: tuple[str, ...]
     labels: tuple[str, ...]
     speakers: tuple[str | None, ...]
     metadata: dict[str, Any]
+    keys: tuple[str | None, ...] = ()
 
     @property
     def sha256(self) -> str:
@@ -197,7 +199,8 @@ def load_features(
         raise ValueError(f"{path}: expected float32 {expected}, got {matrix.dtype} {list(matrix.shape)}")
     by_id = {u.id: u for u in stored}
     rows = [by_id[i] for i in meta["ids"]]
-    return FeatureSet(matrix, tuple(meta["ids"]), tuple(u.label for u in rows), tuple(u.speaker for u in rows), meta)
+    return FeatureSet(matrix, tuple(meta["ids"]), tuple(u.label for u in rows), tuple(u.speaker for u in rows), meta,
+                      tuple(u.key for u in rows))
 
 
 def available_features(root: str | Path) -> dict[str, list[str]]:
@@ -228,6 +231,7 @@ class CorpusData:
     matrices: dict[str, np.ndarray]  # encoder -> float32 [N, D]
     hashes: dict[str, str]  # encoder -> content hash of its feature file
     metadata: dict[str, dict]  # encoder -> the store's metadata
+    keys: np.ndarray | None = None  # a CSV corpus's own row names (its ``key`` column), where every row has one
 
 
 def load_corpus(root: str | Path, corpus: str, encoders: Sequence[str]) -> CorpusData:
@@ -250,4 +254,5 @@ def load_corpus(root: str | Path, corpus: str, encoders: Sequence[str]) -> Corpu
     class_names = first.classes
     labels = first.y.astype(np.int64)
     speakers = None if first.speakers is None or any(s is None for s in first.speakers) else np.asarray(first.speakers)
-    return CorpusData(corpus, ids, labels, class_names, speakers, matrices, hashes, metadata)
+    keys = None if not first.keys or any(k is None for k in first.keys) else np.asarray(first.keys)
+    return CorpusData(corpus, ids, labels, class_names, speakers, matrices, hashes, metadata, keys)

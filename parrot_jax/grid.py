@@ -42,7 +42,7 @@ def cell_folds(config: GridConfig, data: CorpusData) -> tuple[list, dict | None]
     if config.protocol == "emobox":
         split = emobox_folds(config.splits_folder(data.corpus), data.ids, [data.class_names[y] for y in data.labels],
                              data.speakers, config.allow_missing, config.split_seed, config.val_fraction,
-                             val_policy(config), config.split_match)
+                             val_policy(config), config.split_match, data.keys)
         return split.folds, split.record()
     if config.protocol == "speaker" and data.speakers is None:
         raise ValueError(f"corpus {data.corpus!r} has no speaker ids; use protocol=stratified")

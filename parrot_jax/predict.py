@@ -24,16 +24,25 @@ from parrot_jax.training import TrainConfig, train_cell
 
 def train_on_corpus(features_root: str | Path, corpus: str, kind: str, encoders: Sequence[str],
                     train_config: TrainConfig = TrainConfig(), model_options: Mapping[str, Any] | None = None,
-                    holdout: float = 0.1, val_fraction: float = 0.1, seed: int = 0) -> tuple[SavedModel, dict]:
+                    holdout: float = 0.1, val_fraction: float | None = None, seed: int = 0) -> tuple[SavedModel, dict]:
     """Train `kind` on a corpus's stored features; return the model and its held-out scores.
 
-    A stratified `holdout` share of the rows is kept out of training and scores the model; of the rest,
-    `val_fraction` decides early stopping, and the model trains on what remains. `model_options`:
+    A stratified `holdout` share of the rows is kept out of training and scores the model; with early
+    stopping (``train_config.monitor`` other than "none"), a stratified `val_fraction` of the rest (default
+    0.1) decides the epoch, and the model trains on what remains; without it (the default) the model trains on
+    all of the rest, and a `val_fraction` above 0 is refused (rows held out for nothing). `model_options`:
     `ModelConfig` fields (the class count comes from the corpus)."""
     if not 0.0 < holdout < 0.5:
         raise ValueError(f"holdout must lie in (0, 0.5), got {holdout}")
+    early_stopping = train_config.monitor != "none"
+    if val_fraction is None:
+        val_fraction = 0.1 if early_stopping else 0.0
+    if val_fraction and not early_stopping:
+        raise ValueError(f"val_fraction {val_fraction:g} holds rows out for early stopping, but monitor is 'none' "
+                         "(no early stopping): give a monitor, or leave val_fraction out")
     data = load_corpus(features_root, corpus, list(encoders))
-    fold = make_folds(data.labels, None, "stratified", round(1 / holdout), seed, val_fraction)[0]
+    fold = make_folds(data.labels, None, "stratified", round(1 / holdout), seed, val_fraction,
+                      "stratified" if val_fraction else "none")[0]
     features = [data.matrices[e] for e in encoders]
     model_config = ModelConfig.from_dict({**(model_options or {}), "num_classes": len(data.class_names)})
     result = train_cell(kind, model_config, features, data.labels, [fold], train_config)

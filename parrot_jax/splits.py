@@ -38,8 +38,8 @@ ALL_PROTOCOLS: tuple[str, ...] = PROTOCOLS + ("emobox",)
 #: Share of each fold's training rows (or speakers) held out for early stopping. The paper uses
 #: early stopping without saying on what; 10 % of the training part is our default.
 DEFAULT_VAL_FRACTION = 0.1
-SplitMatch = Literal["name", "speaker_name"]
-SPLIT_MATCHES: tuple[str, ...] = ("name", "speaker_name")
+SplitMatch = Literal["name", "speaker_name", "key"]
+SPLIT_MATCHES: tuple[str, ...] = ("name", "speaker_name", "key")
 ValPolicy = Literal["auto", "speaker", "stratified", "valid", "none"]
 VAL_POLICIES: tuple[str, ...] = ("auto", "speaker", "stratified", "valid", "none")
 MAX_AUTO_SHARE = 0.25  # "auto" never holds out more of a training part's rows than this
@@ -288,8 +288,9 @@ def _split_files(splits: Path) -> dict[int, dict[str, Path]]:
     return folds
 
 
-def _read_split(path: Path, label_map: dict[str, str] | None) -> list[tuple[str, str, str]]:
-    """(file name without extension, vocabulary label, where) of each line of a split file."""
+def _read_split(path: Path, label_map: dict[str, str] | None, match: str = "name") -> list[tuple[str, str, str]]:
+    """(match key, vocabulary label, where) of each line of a split file: the key is the line's ``key`` field
+    under ``match="key"``, else the file name of its ``wav`` without extension."""
     lowered = {k.lower(): v for k, v in (label_map or {}).items()}
     rows, seen = [], {}
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
@@ -302,7 +303,9 @@ def _read_split(path: Path, label_map: dict[str, str] | None) -> list[tuple[str,
             raise ValueError(f"{where}: not a JSON object ({err})") from None
         if not isinstance(row, dict) or not isinstance(row.get("wav"), str) or not isinstance(row.get("emo"), str):
             raise ValueError(f"{where}: expected a JSON object with string fields 'wav' and 'emo'")
-        name = Path(row["wav"].replace("\\", "/")).stem
+        if match == "key" and not isinstance(row.get("key"), str):
+            raise ValueError(f"{where}: expected a string field 'key' (split_match=key matches rows by it)")
+        name = row["key"] if match == "key" else Path(row["wav"].replace("\\", "/")).stem
         if name in seen:
             raise ValueError(f"{where}: {name} listed twice in {path.name} (first on line {seen[name]})")
         seen[name] = line_no
@@ -325,6 +328,7 @@ def emobox_folds(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     val_policy: ValPolicy = "auto",
     match: SplitMatch = "name",
+    keys: Sequence[str] | None = None,
 ) -> SplitFiles:
     """The folds of EmoBox's split files for the store's rows.
 
@@ -335,7 +339,8 @@ def emobox_folds(
     and must equal the store's ``labels`` (vocabulary names, one per id), else ValueError naming the file.
     ``match`` (`SPLIT_MATCHES`) is what a store row is matched by: "name", its file name (the last path
     component of its id), or "speaker_name", ``<speaker>_<file name>`` (SAVEE kept as distributed,
-    ``AudioData/DC/a01.wav``, against EmoBox's ``DC_a01``; needs ``speakers``).
+    ``AudioData/DC/a01.wav``, against EmoBox's ``DC_a01``; needs ``speakers``), or "key", the row's own key
+    (``keys``: a CSV corpus's ``key`` column) against each split line's ``key`` field (EmoBox's ``emodb-03a02Wb``).
     The folds are the files' (their number too); ``val`` follows ``val_policy`` (`with_validation`; "auto"
     carves by speaker when ``speakers`` is given).
     Split rows the store lacks and store rows in no split are refused, naming the first few, unless
@@ -345,11 +350,12 @@ def emobox_folds(
     labels = list(labels)
     if len(labels) != len(ids):
         raise ValueError(f"labels: expected one per id ({len(ids)}), got {len(labels)}")
-    row_of = _match_keys(ids, speakers, match)
+    row_of = _match_keys(ids, speakers, match, keys)
     label_map = _read_label_map(splits / "label_map.json")
     files = split_file_hashes(splits)
     paths = dict(sorted(_split_files(splits).items()))
-    parsed = {k: {part: _read_split(path, label_map) for part, path in parts.items()} for k, parts in paths.items()}
+    parsed = {k: {part: _read_split(path, label_map, match) for part, path in parts.items()}
+              for k, parts in paths.items()}
     listed = {name for parts in parsed.values() for rows in parts.values() for name, _, _ in rows}
     missing = sorted(listed - set(row_of))
     unused = sorted(set(row_of) - listed)
@@ -385,24 +391,29 @@ def emobox_folds(
     return SplitFiles(folds, missing, unused, files, label_map)
 
 
-def _match_keys(ids: Sequence[str], speakers: np.ndarray | None, match: str) -> dict[str, int]:
+def _match_keys(ids: Sequence[str], speakers: np.ndarray | None, match: str,
+                keys: Sequence[str] | None = None) -> dict[str, int]:
     """Store row of each match key (`emobox_folds`' ``match``); two rows of one key refused, naming the fix."""
     if match not in SPLIT_MATCHES:
         raise ValueError(f"split_match: expected one of {SPLIT_MATCHES}, got {match!r}")
     if match == "speaker_name" and speakers is None:
         raise ValueError("split_match 'speaker_name' needs speaker ids, and this corpus has none")
+    if match == "key" and keys is None:
+        raise ValueError("split_match 'key' needs a key for every row (a 'key' column in the corpus CSV), "
+                         "and this corpus has none")
     row_of: dict[str, int] = {}
     for r, id_ in enumerate(ids):
-        key = Path(id_).name if match == "name" else f"{speakers[r]}_{Path(id_).name}"
+        key = {"name": lambda: Path(id_).name, "speaker_name": lambda: f"{speakers[r]}_{Path(id_).name}",
+               "key": lambda: str(keys[r])}[match]()
         if key in row_of:
             first = ids[row_of[key]]
             if match == "name":
                 raise ValueError(f"store rows {first!r} and {id_!r} share the file name {key!r}, and split files "
                                  "match rows by file name (split_match=name); where the split files name rows "
                                  "<speaker>_<file name> (EmoBox's DC_a01), match by speaker: --set "
-                                 "split_match=speaker_name")
-            raise ValueError(f"store rows {first!r} and {id_!r} share the speaker and file name {key!r} "
-                             "(split_match=speaker_name)")
+                                 "split_match=speaker_name; or give the corpus CSV a 'key' column holding each "
+                                 "row's split-file key and --set split_match=key")
+            raise ValueError(f"store rows {first!r} and {id_!r} share the key {key!r} (split_match={match})")
         row_of[key] = r
     return row_of
 

@@ -61,8 +61,7 @@ def saved(store, tmp_path_factory):
                 result = train_cell(kind, config, [data.matrices[e] for e in encoders], data.labels, folds, TINY)
                 model = from_cell(result, config, encoders, data.metadata, data.class_names, TINY.eval_batch_size)
             else:
-                model, _ = train_on_corpus(store, "demo", kind, encoders, TINY, SMALL_MODEL, holdout=0.25,
-                                           val_fraction=0.25)
+                model, _ = train_on_corpus(store, "demo", kind, encoders, TINY, SMALL_MODEL, holdout=0.25)
             models[kind] = save_model(folder / kind, model)
         return models[kind]
 
@@ -149,7 +148,7 @@ def test_stacked_layers_input_is_batch_layers_dim(tmp_path):
     extract("demo", root, registry.parse_encoders("wav2vec2-base:layer=all"), tmp_path / "features",
             checkpoints={"wav2vec2-base": folder}, progress=False)
     model, _ = train_on_corpus(tmp_path / "features", "demo", "fcn", ["wav2vec2-base"], TINY,
-                               {**SMALL_MODEL, "layer_mix": "softmax"}, holdout=0.25, val_fraction=0.25)
+                               {**SMALL_MODEL, "layer_mix": "softmax"}, holdout=0.25)
     saved = save_model(tmp_path / "model", model)
     out = export_model(saved, tmp_path / "w2v.onnx")
     meta = model.feature_metadata["wav2vec2-base"]

@@ -403,3 +403,56 @@ def test_how_an_encoder_runs_is_not_part_of_a_store_entrys_identity(demo: Path, 
     assert (meta["encoder"], meta["encoder_options"]) == ("wav2vec2-base", {"layer": 1, "pooling": "mean"})
     assert meta["checkpoint_sha256"] == _sha(WAV2VEC2 / "model.safetensors")
     assert meta["encoder_metadata"]["run_options"]["compilation_cache"] == str(tmp_path / "cache-b")
+
+
+def test_a_csv_key_column_travels_from_the_manifest_to_split_matching(demo: Path, tmp_path: Path) -> None:
+    """Issue 17 #5: SAVEE kept as distributed (AudioData/<speaker>/<name>.wav, names repeating across speakers)
+    is matched to split lines by the CSV's own ``key`` column (split_match=key), whatever the layout."""
+    from parrot_jax.corpora import Utterance
+    from parrot_jax.features import load_corpus
+    from parrot_jax.splits import emobox_folds
+
+    wavs = sorted((demo / "wav").glob("*.wav"))[:8]
+    root = tmp_path / "savee"
+    rows = []
+    for n, wav in enumerate(wavs):
+        speaker, name = ("DC", "JE")[n % 2], f"a{n // 2:02d}"
+        target = root / "AudioData" / speaker / f"{name}.wav"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(wav, target)
+        rows.append({"path": f"AudioData/{speaker}/{name}.wav", "label": "anger" if n < 4 else "sadness",
+                     "speaker": speaker, "key": f"savee-{speaker}_{name}"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    extract("csv", root, ["mfcc-stats"], tmp_path / "store", progress=False)
+    data = load_corpus(tmp_path / "store", "savee", ["mfcc-stats"])
+    assert list(data.keys) == [r["key"] for r in rows]
+
+    fold = tmp_path / "splits" / "fold_1"
+    fold.mkdir(parents=True)
+    for part, chosen in {"train": rows[:6], "test": rows[6:]}.items():  # EmoBox-like lines: wav names repeat
+        (fold / f"savee_{part}_fold_1.jsonl").write_text("".join(
+            json.dumps({"key": r["key"], "wav": f"downloads/savee/{Path(r['path']).name}", "emo": r["label"]}) + "\n"
+            for r in chosen))
+    labels = [data.class_names[y] for y in data.labels]
+    with pytest.raises(ValueError, match=r"share the file name 'a00'.*--set split_match=speaker_name; or give the "
+                                         r"corpus CSV a 'key' column .* --set split_match=key"):
+        emobox_folds(tmp_path / "splits", data.ids, labels, data.speakers)
+    (split,) = emobox_folds(tmp_path / "splits", data.ids, labels, data.speakers, val_policy="none", match="key",
+                            keys=data.keys).folds
+    assert [data.keys[r] for r in split.test] == [r["key"] for r in rows[6:]]
+    assert sorted(data.keys[r] for r in split.train) == sorted(r["key"] for r in rows[:6])
+    with pytest.raises(ValueError, match=r"split_match 'key' needs a key for every row \(a 'key' column"):
+        emobox_folds(tmp_path / "splits", data.ids, labels, data.speakers, match="key")
+    # a row without a key keeps the manifest JSON (and so the store's manifest hash) it had before keys existed
+    assert "key" not in Utterance("a", "a.wav", "anger", None, 1.0).to_dict()
+
+
+def test_csv_keys_are_each_rows_own(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", np.zeros(1600), 16000)
+    sf.write(tmp_path / "b.wav", np.zeros(1600), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,key\na.wav,anger,k1\nb.wav,anger,k1\n")
+    with pytest.raises(ValueError, match=r"manifest\.csv:3: key 'k1' is the key of line 2 too"):
+        load_manifest("csv", tmp_path)

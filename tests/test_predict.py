@@ -45,10 +45,20 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def saved(corpus, tmp_path_factory) -> Path:
     _, store = corpus
-    model, scores = train_on_corpus(store, "demo", "parrot", ENCODERS, TINY, SMALL_MODEL, holdout=0.25,
-                                    val_fraction=0.25)
-    assert scores["holdout_rows"] == 6 and scores["train_rows"] + scores["val_rows"] == 18
+    model, scores = train_on_corpus(store, "demo", "parrot", ENCODERS, TINY, SMALL_MODEL, holdout=0.25)
+    assert (scores["holdout_rows"], scores["train_rows"], scores["val_rows"]) == (6, 18, 0)  # no early stopping
     return save_model(tmp_path_factory.mktemp("model") / "parrot", model)
+
+
+def test_rows_are_held_out_for_early_stopping_only_when_it_is_on(corpus):
+    """Issue 17: without early stopping (monitor "none", the default) a validation share would be rows lost."""
+    _, store = corpus
+    with pytest.raises(ValueError, match=r"val_fraction 0.25 holds rows out for early stopping, but monitor is "
+                                         r"'none' \(no early stopping\)"):
+        train_on_corpus(store, "demo", "fcn", ENCODERS[:1], TINY, SMALL_MODEL, holdout=0.25, val_fraction=0.25)
+    _, scores = train_on_corpus(store, "demo", "fcn", ENCODERS[:1], dataclasses.replace(TINY, monitor="loss"),
+                                SMALL_MODEL, holdout=0.25)
+    assert (scores["holdout_rows"], scores["train_rows"], scores["val_rows"]) == (6, 16, 2)  # 10 % of 18, stratified
 
 
 def test_saved_model_predicts_a_written_file_as_its_stored_features(corpus, saved, tmp_path):
@@ -156,7 +166,7 @@ def test_predict_rebuilds_encoders_with_the_options_their_features_were_extracte
     spec = registry.parse_encoders("wav2vec2-base:layer=1")
     extract("demo", root, spec, tmp_path / "features", checkpoints={"wav2vec2-base": folder}, progress=False)
     model, _ = train_on_corpus(tmp_path / "features", "demo", "fcn", ["wav2vec2-base"], TINY, SMALL_MODEL,
-                               holdout=0.25, val_fraction=0.25)
+                               holdout=0.25)
     model = load_model(save_model(tmp_path / "model", model))
     stored = load_features(tmp_path / "features", "demo", "wav2vec2-base")
     row = 3
@@ -224,7 +234,7 @@ def test_a_model_of_every_layer_predicts_a_new_recording_as_its_stored_features(
     assert stored.matrix.ndim == 3
     mixing = {**SMALL_MODEL, "layer_mix": "softmax"}
     model, _ = train_on_corpus(tmp_path / "features", "demo", "fcn", ["wav2vec2-base"], TINY, mixing,
-                               holdout=0.25, val_fraction=0.25)
+                               holdout=0.25)
     model = load_model(save_model(tmp_path / "model", model))
     row = 3
     new = tmp_path / "new_recording.wav"
@@ -439,8 +449,7 @@ def test_predict_rebuilds_a_whisper_pair_with_its_recorded_options(tmp_path):
     specs = registry.parse_encoders("whisper-small:layer=1,frames=all,mfcc-stats")
     extract("demo", root, specs, tmp_path / "features", checkpoints={"whisper-small": folder}, progress=False)
     pair = ["whisper-small", "mfcc-stats"]
-    model, _ = train_on_corpus(tmp_path / "features", "demo", "parrot", pair, TINY, SMALL_MODEL, holdout=0.25,
-                               val_fraction=0.25)
+    model, _ = train_on_corpus(tmp_path / "features", "demo", "parrot", pair, TINY, SMALL_MODEL, holdout=0.25)
     model = load_model(save_model(tmp_path / "model", model))
     stored = [load_features(tmp_path / "features", "demo", name) for name in pair]
     row = 5

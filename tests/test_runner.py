@@ -100,7 +100,7 @@ for spec in ("1", "all"):
         devices[spec + " " + e.name] = e.runner.devices if e.program is not None else None
 # predict embeds a new recording (a copy of row 3) on the 4 devices as extraction did
 model, _ = train_on_corpus(out + "/all", "demo", "fcn", ["wav2vec2-base"], TrainConfig(epochs=1, batch_size=4),
-                           {{"filters": (4, 8), "latent_dim": 8, "hidden": 8}}, holdout=1 / 3, val_fraction=0.5)
+                           {{"filters": (4, 8), "latent_dim": 8, "hidden": 8}}, holdout=1 / 3)
 stored = load_features(out + "/all", "demo", "wav2vec2-base")
 sf.write(out + "/new.wav", load_audio(root / "wav" / (stored.ids[3] + ".wav")), 16000, subtype="PCM_16")
 [prediction] = predict_files(model, [out + "/new.wav"], {{"wav2vec2-base": {str(HF / "wav2vec2")!r}}})
