@@ -77,7 +77,7 @@ class CellRecord:
     class_names: tuple[str, ...]
     name: str
     run_ids: tuple[tuple[int, int], ...] = ()
-    best_epochs: tuple[int, ...] = ()  # per run, the epoch early stopping kept (empty: an SVM)
+    best_epochs: tuple[int, ...] = ()  # per run, the epoch whose params were kept (empty: an SVM)
 
     @property
     def median_best_epoch(self) -> float | None:
@@ -329,7 +329,8 @@ def _epochs_line(rows: Sequence[TableRow]) -> str:
     if not seen:
         return ""
     parts = [f"{PAPER_CORPORA.get(c, c)} {METHOD_TITLES.get(m, m)} {a} {e:g}" for (c, m, a), e in seen.items()]
-    return "\nMedian best epoch (the epoch early stopping kept, over seeds x folds): " + ", ".join(parts) + ".\n"
+    return ("\nMedian best epoch (the epoch whose params each member kept: early stopping's best, or the last "
+            "without early stopping; over seeds x folds): " + ", ".join(parts) + ".\n")
 
 
 CSV_FIELDS = ("table", "method", "encoders", "corpus", "metric", "mean", "std", "n", "paper", "diff",

@@ -146,7 +146,8 @@ def test_median_best_epoch_in_tables():
     cell = CellRecord.from_json(record)
     assert cell.median_best_epoch == 4.0
     text = markdown_table(table_rows([cell], 1, {}), 1)
-    assert text.endswith("Median best epoch (the epoch early stopping kept, over seeds x folds): Emo-DB FCN MFCC 4.\n")
+    assert text.endswith("Median best epoch (the epoch whose params each member kept: early stopping's best, or "
+                         "the last without early stopping; over seeds x folds): Emo-DB FCN MFCC 4.\n")
 
 
 def test_confusion_plot_checks_its_shape(tmp_path):
