@@ -51,6 +51,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     fsync_dir(path.parent)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """`atomic_write` of UTF-8 text."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json(path: str | Path, value: Any) -> None:
     """`value` as indented JSON (keys sorted), written atomically."""
     atomic_write(path, lambda f: f.write((json.dumps(value, indent=1, sort_keys=True) + "\n").encode()))

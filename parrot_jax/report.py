@@ -23,12 +23,14 @@ show Acc (= WA) and F1 (macro).
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from parrot_jax.files import atomic_write, write_text
 from parrot_jax.metrics import METRIC_ALIASES, from_confusion, metric_keys
 from parrot_jax.significance import ALPHA, PairedTest, paired_tests
 
@@ -309,14 +311,15 @@ def write_significance_csv(tests: Sequence[Comparison], path: Path) -> None:
     def num(value: float | None) -> str:
         return "" if value is None else repr(float(value))
 
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(SIGNIFICANCE_FIELDS)
-        for c in tests:
-            notes = "; ".join(f"{r.test} n/a: {r.note}" for r in (c.corrected_t, c.wilcoxon) if r.note)
-            writer.writerow([c.corpus, c.abbrev, c.method, c.baseline, c.metric, c.corrected_t.n,
-                             repr(c.corrected_t.mean_difference), num(c.corrected_t.statistic),
-                             num(c.corrected_t.p_value), num(c.wilcoxon.statistic), num(c.wilcoxon.p_value), notes])
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(SIGNIFICANCE_FIELDS)
+    for c in tests:
+        notes = "; ".join(f"{r.test} n/a: {r.note}" for r in (c.corrected_t, c.wilcoxon) if r.note)
+        writer.writerow([c.corpus, c.abbrev, c.method, c.baseline, c.metric, c.corrected_t.n,
+                         repr(c.corrected_t.mean_difference), num(c.corrected_t.statistic),
+                         num(c.corrected_t.p_value), num(c.wilcoxon.statistic), num(c.wilcoxon.p_value), notes])
+    write_text(path, fh.getvalue())
 
 
 def _md_line(cells: Sequence[str]) -> str:
@@ -340,16 +343,17 @@ CSV_FIELDS = ("table", "method", "encoders", "corpus", "metric", "mean", "std", 
 def write_csv(rows: Sequence[TableRow], path: Path) -> None:
     """One line per (method, encoders, corpus, metric); empty std for a single run, paper/diff where the
     paper has none, median_best_epoch for an SVM."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_FIELDS)
-        for r in rows:
-            writer.writerow([
-                r.table, r.method, r.abbrev, r.corpus, r.metric, f"{r.mean:.4f}",
-                "" if r.std is None else f"{r.std:.4f}", r.n,
-                "" if r.paper is None else f"{r.paper:.2f}", "" if r.diff is None else f"{r.diff:.4f}",
-                "" if r.median_best_epoch is None else f"{r.median_best_epoch:g}",
-            ])
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(CSV_FIELDS)
+    for r in rows:
+        writer.writerow([
+            r.table, r.method, r.abbrev, r.corpus, r.metric, f"{r.mean:.4f}",
+            "" if r.std is None else f"{r.std:.4f}", r.n,
+            "" if r.paper is None else f"{r.paper:.2f}", "" if r.diff is None else f"{r.diff:.4f}",
+            "" if r.median_best_epoch is None else f"{r.median_best_epoch:g}",
+        ])
+    write_text(path, fh.getvalue())
 
 
 def table_title(rows: Sequence[TableRow], table: int) -> str:
@@ -397,7 +401,7 @@ def plot_table(rows: Sequence[TableRow], table: int, path: Path, row_order: Sequ
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
     fig.suptitle(table_title(rows, table), fontsize=9)
     fig.tight_layout(rect=(0.0, 0.6 / (height * len(metrics)), 1.0, 1.0))
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -426,7 +430,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -490,7 +494,7 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     ax.legend(fontsize=7, markerscale=1.5, loc="best")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -510,7 +514,7 @@ def write_tables(cells: Sequence[CellRecord], out: Path, row_order: Sequence[str
         if not rows:
             continue
         text = markdown_table(rows, table, row_order, metrics, tests if table == 2 else ())
-        (out / f"table{table}.md").write_text(text)
+        write_text(out / f"table{table}.md", text)
         write_csv(rows, out / f"table{table}.csv")
         plot_table(rows, table, out / f"table{table}.png", row_order)
         written[table] = text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import matplotlib.image
 import numpy as np
@@ -218,3 +219,39 @@ def test_table2_marks_significant_cells_and_writes_p_values(tmp_path):
     assert float(wa["corrected_t_p"]) < 0.05 and float(wa["wilcoxon_p"]) == pytest.approx(2 / 64)
     assert float(f1_row["corrected_t_p"]) > 0.05 and f1_row["note"] == ""
     assert "| Emo-DB A+B | PARROT vs Concatenation | WA | +4.67 |" in tables[2]
+
+
+def test_a_full_disk_while_writing_tables_and_figures_names_the_file(tmp_path):
+    """Issue 18: a full disk while the tables or figures were written said "[Errno 28] No space left on device",
+    naming no file. A file-size limit refuses a write the same way (errno 27, no file name) and can be caused."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import json, resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from parrot_jax.report import CellRecord, plot_table, table_rows, write_csv\n"
+        "cell = CellRecord.from_json(json.loads(sys.argv[2]))\n"
+        "rows = table_rows([cell], 1, {})\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\n"
+        "for write, name in ((write_csv, 'table1.csv'), (plot_table, 'table1.png')):\n"
+        "    try:\n"
+        "        write(rows, Path(sys.argv[1]) / name) if write is write_csv else write(rows, 1, Path(sys.argv[1]) / name)\n"
+        "    except OSError as error:\n"
+        "        print(error)\n"
+    )
+    record = {"cell": {"corpus": "emodb", "table": 1, "method": "fcn", "encoders": ["mfcc-stats"],
+                       "abbrev": "MFCC", "name": "emodb__fcn__mfcc-stats"},
+              "metrics": {"accuracy": [0.5, 0.6, 0.7], "macro_f1": [0.5, 0.6, 0.7], "uar": [0.5, 0.6, 0.7]},
+              "confusion": [[1, 0], [0, 1]], "class_names": ["anger", "sadness"],
+              "result": {"runs": [{"seed": 0, "fold": f, "best_epoch": 5, "confusion": [[1, 0], [0, 1]]}
+                                  for f in range(3)]}}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(record)], capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert done.stdout == (f"[Errno 27] writing {tmp_path / 'table1.csv'}: File too large\n"
+                           f"[Errno 27] writing {tmp_path / 'table1.png'}: File too large\n"), done.stdout + done.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written, no temporary left
