@@ -383,7 +383,8 @@ def emobox_folds(
         overlap = set(rows["test"]) & (set(rows["train"]) | set(rows.get("valid", [])))
         if overlap:
             raise ValueError(f"{splits}/fold_{k}: {_shown(sorted(ids[r] for r in overlap))} in both test and training files")
-        parts.append((np.union1d(rows["train"], rows.get("valid", [])).astype(np.int64), rows["test"], rows.get("valid")))
+        training = np.union1d(rows["train"], rows.get("valid", [])).astype(np.int64)
+        parts.append((training, rows["test"], rows.get("valid")))
     numbers = list(parsed)
     folds = with_validation(parts, y, speakers, val_policy, val_fraction, seed,
                             lambda f: np.random.default_rng([seed, numbers[f]]),

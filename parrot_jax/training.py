@@ -749,7 +749,8 @@ def train_cells(
         xs, y = tuple(jnp.asarray(x) for x in rows), jnp.asarray(all_labels)
     groups = [list(range(len(members)))] if config.fold_axis == "vmap" else [[m] for m in range(len(members))]
 
-    def fit(fit_folds: Sequence[Fold], limits: Sequence[int] | None, stage: str) -> tuple[PyTree, Standardizer, list, list]:
+    def fit(fit_folds: Sequence[Fold], limits: Sequence[int] | None,
+            stage: str) -> tuple[PyTree, Standardizer, list, list]:
         """Every member trained on ``fit_folds`` (at most ``limits[m]`` epochs): params, statistics, epochs."""
         stats = _member_stats(cells, members, fit_folds, config.standardize)
         staged = None if progress is None else (lambda epoch, info: progress(epoch, {**info, "stage": stage}))

@@ -237,9 +237,10 @@ def test_a_full_disk_while_writing_tables_and_figures_names_the_file(tmp_path):
         "rows = table_rows([cell], 1, {})\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\n"
-        "for write, name in ((write_csv, 'table1.csv'), (plot_table, 'table1.png')):\n"
+        "out = Path(sys.argv[1])\n"
+        "for write in (lambda: write_csv(rows, out / 'table1.csv'), lambda: plot_table(rows, 1, out / 'table1.png')):\n"
         "    try:\n"
-        "        write(rows, Path(sys.argv[1]) / name) if write is write_csv else write(rows, 1, Path(sys.argv[1]) / name)\n"
+        "        write()\n"
         "    except OSError as error:\n"
         "        print(error)\n"
     )
