@@ -118,6 +118,7 @@ def test_the_installed_wheel_runs_from_an_empty_folder(tmp_path):
     assert (dry.returncode, dry.stderr) == (1, "parrot grid: error: no features to run under features/ "
                                                 "(run `parrot extract` first)\n"), dry.stderr
     demo = run(str(venv / "bin" / "parrot"), "grid", "--dry-run", "--config", "demo", cwd=empty, env=env)
-    assert (demo.returncode, demo.stderr) == (1, "parrot grid: error: no features to run under "
-                                                 "results/demo/features/ (run `parrot extract` first)\n"), demo.stderr
+    assert (demo.returncode, demo.stderr) == (1, "parrot grid: error: no features to run under results/demo/features/ "
+                                                 "for the config's corpora (demo) (run `parrot extract` first)\n"), \
+        demo.stderr
     assert list(empty.iterdir()) == []  # a dry run writes nothing

@@ -116,7 +116,8 @@ def test_cli_trains_saves_then_loads(corpus, tmp_path, capsys):
     sf.write(wav, load_audio(next((root / "wav").glob("*.wav"))), 16000, subtype="PCM_16")
     target = tmp_path / "model"
     argv = ["predict", "--model", str(target), "--corpus", "demo", "--features", str(store), "--kind", "fcn",
-            "--encoders", "logmel-stats", "--epochs", "1", "--holdout", "0.25", "--val-fraction", "0.25", str(wav)]
+            "--encoders", "logmel-stats", "--epochs", "1", "--holdout", "0.25", "--monitor", "loss",
+            "--val-fraction", "0.25", str(wav)]
     assert cli.main(argv) == 0
     trained = capsys.readouterr().out
     assert "trained fcn on demo (logmel-stats)" in trained and (target / "model.json").is_file()
@@ -412,9 +413,12 @@ def test_a_sigkill_inside_a_model_save_leaves_the_old_model_and_the_next_save_re
 
 
 def _peak_rss_of_predict(args: list[str]) -> tuple[int, str]:
-    """(peak resident memory in bytes, stderr) of `parrot predict ARGS` run in a fresh process."""
-    script = ("import resource, sys\nfrom parrot_jax.cli import main\nmain(['predict', *sys.argv[1:]])\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+    """(peak resident memory in bytes, stderr) of `parrot predict ARGS` run in a fresh process: VmHWM, the
+    high-water mark of the new program's own memory (getrusage's ru_maxrss would also count the pytest process
+    the child was forked from, whose size it keeps across exec)."""
+    script = ("import re, sys\nfrom pathlib import Path\nfrom parrot_jax.cli import main\n"
+              "main(['predict', *sys.argv[1:]])\n"
+              "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text())[1]) * 1024)\n")
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
     return int(done.stdout.split()[-1]), done.stderr
