@@ -143,6 +143,8 @@ def export_model(model_dir: str | Path, out: str | Path, file_format: str = "onn
     atomic_write(out, lambda f: f.write(data))
     if sidecar is not None:
         write_json(sidecar, terms)
+    else:  # an ONNX file carries its contract: a JSON left beside it by an earlier StableHLO export would contradict it
+        contract_path(out).unlink(missing_ok=True)
     return Exported(out, sidecar, file_format, terms, error, rows)
 
 

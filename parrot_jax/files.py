@@ -42,9 +42,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except OSError as error:  # a full disk says "[Errno 28] No space left on device", naming no file
+    except BaseException as error:  # the writer failed or was interrupted: no temporary stays behind
         tmp.unlink(missing_ok=True)
-        if error.filename is None:
+        if isinstance(error, OSError) and error.filename is None:  # a full disk: "[Errno 28] ...", naming no file
             raise OSError(error.errno, f"writing {path}: {error.strerror or error}") from None
         raise
     os.replace(tmp, path)
@@ -93,6 +93,19 @@ def remove_dead_temporaries(path: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)  # another process may be removing it too
             else:
                 leftover.unlink(missing_ok=True)
+
+
+def restore_interrupted_replace(path: Path) -> None:
+    """Undo half a replacement: a writer that moves the old `path` aside (``.<name>.tmp-old-<pid>``) and was killed
+    before renaming the new one into place left no `path`; the old one, complete, is put back."""
+    path = Path(path)
+    if path.exists():
+        return
+    for old in sorted(path.parent.glob(f".{path.name}.tmp-old-*")):
+        pid = old.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            os.rename(old, path)
+            return
 
 
 def _alive(pid: int) -> bool:

@@ -196,8 +196,9 @@ def run_cells(cells: Sequence[Cell], config: GridConfig, data: CorpusData, folds
         try:
             results = train_cells(method, mc, cell_features, data.labels, folds, tc, progress)
         except NonFiniteLoss as error:
-            raise ValueError(f"cell {cells[error.cell].name}: {error}; the cell is stopped and makes no table "
-                             "row (lower train.learning_rate, or check the features)") from None
+            raise ValueError(f"cell {cells[error.cell].name}: {error}; the grid stops here, writing no record or "
+                             "table row for this cell or the cells trained with it (cells finished before are kept; "
+                             "lower train.learning_rate, or check the features)") from None
         finally:
             bar.close()
     records = []

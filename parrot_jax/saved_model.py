@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from parrot_jax.files import fsync_dir, remove_dead_temporaries, sha256_file, write_json
+from parrot_jax.files import (fsync_dir, remove_dead_temporaries, restore_interrupted_replace, sha256_file,
+                              temporary_path, write_json)
 from parrot_jax.models import MODEL_KINDS, ModelConfig, num_inputs, param_shapes
 from parrot_jax.training import CellResult, Standardizer, predict_logits
 
@@ -106,6 +107,7 @@ def save_model(path: str | Path, model: SavedModel) -> Path:
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
+    restore_interrupted_replace(path)
     remove_dead_temporaries(path)
     ours = lambda name: name in ("model.json", "state") or name.startswith(ORBAX_TEMPORARY)  # noqa: E731
     other = sorted(p.name for p in path.iterdir() if not ours(p.name)) if path.is_dir() else \
@@ -118,7 +120,7 @@ def save_model(path: str | Path, model: SavedModel) -> Path:
         tree["mean"] = list(model.standardizer.mean)
         tree["scale"] = list(model.standardizer.scale)
     _check_finite(tree, path / "state")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # written by this process alone (under jax.distributed the grid saves on host 0 only): no barrier
@@ -193,6 +195,7 @@ def verify_files(path: str | Path) -> dict:
     """model.json's fields, checked (`_check_fields`), after checking that the files under ``state/`` are
     exactly those of its manifest, each with its recorded sha256. A ValueError names the file and field."""
     path = Path(path).resolve()
+    restore_interrupted_replace(path)  # a save killed between its two renames: the previous model is back
     meta_path = path / "model.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} holds no saved model (model.json missing)")

@@ -24,7 +24,7 @@ def svm_cell(
     labels: np.ndarray,
     folds: Sequence[Fold],
     standardize: bool = True,
-    refit: bool = True,
+    refit: bool = False,
 ) -> CellResult:
     """Fit and test one SVC per fold, on ``fold.fit_rows(refit)``. ``standardize`` (default True): z-score
     each column with the mean/std of those rows only. Probabilities are one-hot predictions (SVC's default

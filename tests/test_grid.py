@@ -471,7 +471,7 @@ def test_a_non_finite_loss_stops_the_cell_and_makes_no_row(tmp_path, store):
                         table2=(), encoders=("mfcc-stats",), train={"epochs": 3, "batch_size": 8, "learning_rate": 1e30},
                         model={"hidden": 16})
     with pytest.raises(ValueError, match=r"^cell demo__fcn__mfcc-stats: seed 0, fold \d \(0-based\), epoch \d: "
-                       r"training loss is nan \(not finite\); the cell is stopped and makes no table row"):
+                       r"training loss is nan \(not finite\); the grid stops here, writing no record or table row"):
         grid.run_grid(config, echo=lambda _: None)
     assert not (config.run_dir / "cells" / "demo__fcn__mfcc-stats.json").exists()
     assert not (config.run_dir / "table1.md").exists()

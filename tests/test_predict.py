@@ -464,3 +464,17 @@ def test_predict_rebuilds_a_whisper_pair_with_its_recorded_options(tmp_path):
     [prediction] = predict_files(model, [new], {"whisper-small": folder})
     expected = model.probabilities([np.asarray(s.matrix[row: row + 1]) for s in stored])[0]
     np.testing.assert_allclose([prediction.probabilities[c] for c in model.class_names], expected, atol=1e-5)
+
+
+def test_a_save_killed_between_its_two_renames_leaves_the_previous_model(saved, tmp_path):
+    """save_model moves the old folder aside, then renames the new one into place: a kill between the two left no
+    model at all, and the next save deleted both (the old one as a dead writer's temporary)."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    target = tmp_path / "m"
+    shutil.copytree(saved, tmp_path / f".m.tmp-old-{ended.pid}")  # the state such a kill leaves
+    shutil.copytree(saved, tmp_path / f".m.tmp-{ended.pid}")
+    model = load_model(target)  # the previous model is put back
+    assert model.kind == "parrot" and (target / "model.json").read_bytes() == (saved / "model.json").read_bytes()
+    save_model(target, model)  # and a save over it cleans the dead writer's other temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

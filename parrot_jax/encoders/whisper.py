@@ -130,6 +130,8 @@ def read_front_end(folder: Path, n_mels: int, window_frames: int) -> FrontEnd:
         settings = json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ck.CheckpointError(f"{path}: not JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise ck.CheckpointError(f"{path}: expected a JSON object of feature-extractor settings")
     front = FrontEnd(n_mels=settings.get("feature_size", n_mels), n_fft=settings.get("n_fft", 400),
                      hop_length=settings.get("hop_length", 160), chunk_length=settings.get("chunk_length", 30),
                      sampling_rate=settings.get("sampling_rate", SAMPLE_RATE))
