@@ -493,22 +493,24 @@ def _evaluate(programs: _Programs, params, xs, mean, scale, rows: Sequence[np.nd
 
 
 class NonFiniteLoss(ValueError):
-    """A member's training loss became NaN or infinite; ``cell`` indexes the packed cells (`train_cells`),
-    ``fold`` is 0-based, ``epoch`` 1-based."""
+    """A member's training (or validation) loss became NaN or infinite; ``cell`` indexes the packed cells
+    (`train_cells`), ``fold`` is 0-based, ``epoch`` 1-based."""
 
-    def __init__(self, cell: int, seed: int, fold: int, epoch: int, value: float):
+    def __init__(self, cell: int, seed: int, fold: int, epoch: int, value: float, what: str = "training loss"):
         self.cell, self.seed, self.fold, self.epoch = cell, seed, fold, epoch
-        super().__init__(f"seed {seed}, fold {fold} (0-based), epoch {epoch}: training loss is {value} (not finite)")
+        super().__init__(f"seed {seed}, fold {fold} (0-based), epoch {epoch}: {what} is {value} (not finite)")
 
 
-def _check_finite(members: Sequence[tuple[int, int, int]], losses: np.ndarray, ran: np.ndarray, first: int) -> None:
-    """Raise `NonFiniteLoss` for the first (epoch, member) whose training loss is not finite, among the
-    members that trained in it; ``losses`` / ``ran`` [epochs, M] cover epochs ``first`` (0-based) on."""
+def _check_finite(members: Sequence[tuple[int, int, int]], losses: np.ndarray, ran: np.ndarray, first: int,
+                  what: str = "training loss") -> None:
+    """Raise `NonFiniteLoss` for the first (epoch, member) whose loss (`what`) is not finite, among the
+    members that ran in it; ``losses`` / ``ran`` [epochs, M] cover epochs ``first`` (0-based) on. A NaN
+    validation loss would otherwise never count as better, and the member would keep its initial params."""
     bad = ran & ~np.isfinite(losses)
     if bad.any():
         e, m = np.argwhere(bad)[0]
         c, s, f = members[m]
-        raise NonFiniteLoss(c, s, f, first + int(e) + 1, float(losses[e, m]))
+        raise NonFiniteLoss(c, s, f, first + int(e) + 1, float(losses[e, m]), what)
 
 
 def _train_members(
@@ -592,6 +594,8 @@ def _train_members(
                     val_uar[m] = metrics.uar(labels[rows], lg.argmax(-1))
         score = {"loss": val_loss, "accuracy": -val_acc, "uar": -val_uar, "none": val_loss}[config.monitor]
         selects = has_val & (config.monitor != "none")
+        _check_finite(members[:n_real], val_loss[None, :n_real], (active & selects)[None, :n_real], epoch,
+                      "validation loss")
         # without validation rows a member keeps its latest params
         better = active & (~selects | (score < best_score))
         best = programs.keep_best(jnp.asarray(better), state[0], best)
@@ -658,6 +662,10 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
         history = dist.gather(carry["history"], n_real)
         ran = np.arange(done, reached)[None, :] < np.asarray(dist.gather(carry["epochs_run"]))[:n_real, None]
         _check_finite(members[:n_real], history["train_loss"][:, done:reached].T, ran.T, done)
+        if config.monitor != "none":
+            selects = np.array([len(val_rows[m]) > 0 for m in range(n_real)])[None, :]
+            _check_finite(members[:n_real], history["val_loss"][:, done:reached].T, ran.T & selects, done,
+                          "validation loss")
         if progress is not None:
             for e in range(done, reached):
                 progress(e + 1, {"train_loss": history["train_loss"][:, e] / n_train, "val_loss": history["val_loss"][:, e],

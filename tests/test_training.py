@@ -338,6 +338,20 @@ def test_non_finite_loss_stops_the_cell_naming_seed_fold_and_epoch(loop):
     assert (caught.value.cell, caught.value.seed, caught.value.fold, caught.value.epoch) == (0, 0, 1, 1)
 
 
+@pytest.mark.parametrize("loop", ["step", pytest.param("cell", marks=pytest.mark.slow)])
+def test_non_finite_validation_loss_stops_the_cell_too(loop):
+    """A validation row of huge features (never trained on: the other fold tests on it) makes only the validation
+    loss non-finite; a NaN score never counts as better, so the member would silently keep its initial params."""
+    feats, labels = _problem(n=60)
+    folds = make_folds(labels, k=2, val_policy="stratified")
+    feats = [feats[0].copy()]
+    feats[0][folds[0].val[0]] = 3e38  # in fold 1's test part: no member trains on it
+    config = TrainConfig(epochs=2, standardize=False, loop=loop, monitor="loss")
+    with pytest.raises(NonFiniteLoss, match=r"^seed 0, fold 0 \(0-based\), epoch 1: validation loss is (nan|inf) "
+                       r"\(not finite\)$"):
+        train_cell("fcn", _config(), feats, labels, folds, config)
+
+
 def test_bad_input_is_named():
     feats, labels = _problem(n=60)
     folds = make_folds(labels, k=3)
