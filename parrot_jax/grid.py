@@ -374,7 +374,8 @@ def _run_grid(config: GridConfig, provenance: dict | None, dry_run: bool, echo: 
             for c in dict.fromkeys(x.corpus for x in cells)}
     check_layer_inputs(cells, config, data)
     keys = {cell.name: cell_key(cell, config, data[cell.corpus]) for cell in cells}
-    found = [STATUSES.index(reuse_status(cell, config, keys[cell.name])) for cell in cells]
+    # process 0 reads (and hashes) the records and artifacts; the others take its answer below
+    found = [STATUSES.index(reuse_status(cell, config, keys[cell.name])) if writer else 0 for cell in cells]
     # every process runs the cells process 0 found missing (a file may appear while others look)
     status = {cell.name: STATUSES[i] for cell, i in zip(cells, dist.from_coordinator(np.array(found, np.int32)))}
     folds, split_records = check_run(config, data)

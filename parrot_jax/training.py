@@ -591,7 +591,8 @@ def _train_members(
                     logp = jax.nn.log_softmax(lg, axis=-1)
                     val_loss[m] = -float(np.mean(np.take_along_axis(np.asarray(logp), labels[rows][:, None], 1)))
                     val_acc[m] = float(np.mean(lg.argmax(-1) == labels[rows]))
-                    val_uar[m] = metrics.uar(labels[rows], lg.argmax(-1))
+                    if config.monitor == "uar":  # the only use of it
+                        val_uar[m] = metrics.uar(labels[rows], lg.argmax(-1))
         score = {"loss": val_loss, "accuracy": -val_acc, "uar": -val_uar, "none": val_loss}[config.monitor]
         selects = has_val & (config.monitor != "none")
         _check_finite(members[:n_real], val_loss[None, :n_real], (active & selects)[None, :n_real], epoch,
