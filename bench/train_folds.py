@@ -1,11 +1,14 @@
-"""One PARROT cell, k folds x E epochs, timed three ways in one run: the vmapped JAX trainer, the same
-folds one after another in JAX, and a plain PyTorch implementation of the same model trained fold after
-fold. Random features of Emo-DB's size (535 x (3840, 768), 7 classes) and of CREMA-D's size (7442 rows,
-6 classes). Prints seconds, ratios, and achieved GFLOP/s against this machine's float32 matmul peak
-(measured in the same run).
+"""One PARROT cell, k folds x E epochs, timed in one run: the JAX trainer's default (``fold_axis="auto"``,
+with what it resolved to), its vmapped program, the same folds one after another in JAX, and a plain
+PyTorch implementation of the same model trained fold after fold. Random features of Emo-DB's size
+(535 x (3840, 768), 7 classes), of CREMA-D's size (7442 rows, 6 classes) and of the demo's (192 x (160, 128),
+4 classes: `parrot demo`'s MFCC and log-mel statistics). Prints seconds, ratios, and achieved GFLOP/s
+against this machine's float32 matmul peak (measured in the same run).
 
     .venv/bin/python bench/train_folds.py                           # the full benchmark
     .venv/bin/python bench/train_folds.py --epochs 2 --folds 2 --datasets emodb   # quick iteration
+    .venv/bin/python bench/train_folds.py --datasets emodb,demo --epochs 3 --demo-epochs 30 \\
+        --ways default,vmap,loop                                    # the fold_axis default (README "Defaults")
 
 All three train the same number of steps: early stopping is off (patience None), every epoch runs, and
 each epoch ends with a validation pass, as in the trainer. torch is imported only here. Importing parrot_jax
@@ -39,8 +42,8 @@ from parrot_jax.models import ModelConfig
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import TrainConfig, train_cell
 
-DATASETS = {"emodb": (535, 7), "cremad": (7442, 6)}
 DIMS = (3840, 768)
+DATASETS = {"emodb": (535, 7, DIMS), "cremad": (7442, 6, DIMS), "demo": (192, 4, (160, 128))}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -82,7 +85,8 @@ def _trim(folds: list[Fold], rows: int) -> list[Fold]:
 
 
 def run_jax(features, labels, folds, cfg, epochs, fold_axis, loop) -> tuple[float, float]:
-    """(seconds of a small warm-up run that compiles, seconds of the timed run)."""
+    """(seconds of a small warm-up run that compiles, seconds of the timed run); ``fold_axis`` "auto" is the
+    trainer's default."""
     config = TrainConfig(epochs=epochs, patience=None, fold_axis=fold_axis, loop=loop)
     warm = _timed(lambda: train_cell("parrot", cfg, features, labels, _trim(folds, 64), TrainConfig(
         epochs=1, patience=None, fold_axis=fold_axis, loop=loop)))
@@ -100,7 +104,7 @@ def run_torch_default_malloc(args, name: str, epochs: int) -> float:
     """The PyTorch reference in a child process with glibc's default malloc settings."""
     env = dict(os.environ, PARROT_KEEP_FREED_MEMORY="0")
     cmd = [sys.executable, __file__, "--datasets", name, "--folds", str(args.folds), "--ways", "torch", "--json"]
-    cmd += ["--epochs", str(epochs)] if name == "emodb" else ["--cremad-epochs", str(epochs)]
+    cmd += [{"emodb": "--epochs", "cremad": "--cremad-epochs", "demo": "--demo-epochs"}[name], str(epochs)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])[name]["torch"]
 
@@ -111,7 +115,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5, help="train the first N of the 5 folds")
     ap.add_argument("--epochs", type=int, default=50, help="epochs for Emo-DB size")
     ap.add_argument("--cremad-epochs", type=int, default=2, help="epochs for CREMA-D size")
-    ap.add_argument("--ways", default="vmap,loop,torch,torch-default-malloc")
+    ap.add_argument("--demo-epochs", type=int, default=30, help="epochs for the demo's size (the demo trains 30)")
+    ap.add_argument("--ways", default="default,vmap,loop,torch,torch-default-malloc")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the seconds")
     ap.add_argument("--loop", default="auto", help="TrainConfig.loop for the JAX runs")
     args = ap.parse_args()
@@ -123,16 +128,16 @@ def main() -> None:
     cfg_kwargs = {}
     record = {}
     for name in args.datasets.split(","):
-        n, classes = DATASETS[name]
-        epochs = args.epochs if name == "emodb" else args.cremad_epochs
+        n, classes, dims = DATASETS[name]
+        epochs = {"emodb": args.epochs, "cremad": args.cremad_epochs, "demo": args.demo_epochs}[name]
         rng = np.random.default_rng(0)
-        features = [rng.normal(size=(n, d)).astype(np.float32) for d in DIMS]
+        features = [rng.normal(size=(n, d)).astype(np.float32) for d in dims]
         labels = rng.permutation(np.arange(n) % classes)
         folds = make_folds(labels, k=5, seed=0)[: args.folds]
         cfg = ModelConfig(num_classes=classes, **cfg_kwargs)
         rows = sum(math.ceil(len(f.train) / 32) * 32 for f in folds) * epochs  # padded rows actually computed
-        flops = train_flops_per_row(cfg) * rows
-        print(f"\n== {name}: {n} rows x {DIMS}, {classes} classes, {len(folds)} folds x {epochs} epochs, "
+        flops = train_flops_per_row(cfg, dims) * rows
+        print(f"\n== {name}: {n} rows x {dims}, {classes} classes, {len(folds)} folds x {epochs} epochs, "
               f"train rows per fold {[len(f.train) for f in folds]}, ~{flops / 1e12:.2f} TFLOP of training")
         times = {}
         for way in ways:
@@ -143,10 +148,12 @@ def main() -> None:
                 times[way] = run_torch_default_malloc(args, name, epochs)
                 print(f"torch, glibc malloc default : {times[way]:8.1f} s")
             else:
-                warm, times[way] = run_jax(features, labels, folds, cfg, epochs, "vmap" if way == "vmap" else "loop", args.loop)
-                print(f"jax {way:5s} (warm-up {warm:6.1f} s): {times[way]:8.1f} s")
+                axis = {"default": "auto", "vmap": "vmap", "loop": "loop"}[way]
+                warm, times[way] = run_jax(features, labels, folds, cfg, epochs, axis, args.loop)
+                shown = f"default (fold_axis auto -> {TrainConfig().member_axis()})" if way == "default" else way
+                print(f"jax {shown:34s} (warm-up {warm:6.1f} s): {times[way]:8.1f} s")
         for way, t in times.items():
-            print(f"  {way:6s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = {100 * flops / t / 1e9 / peak:5.1f}% of peak"
+            print(f"  {way:7s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = {100 * flops / t / 1e9 / peak:5.1f}% of peak"
                   + "".join(f"  x{times[o] / t:.2f} vs {o}" for o in times if o != way))
         floor = flops / peak / 1e9
         print(f"  arithmetic floor at the measured peak: {floor:.1f} s", end="")

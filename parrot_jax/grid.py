@@ -122,16 +122,24 @@ def _epoch_bar(total: int, label: str, disable: bool = False) -> tuple[Any, Call
     stage = ["select"]
 
     def progress(epoch: int, stats: dict) -> None:
+        """Epochs of every pass (fold_axis "loop": one pass per member, one after another) on one bar."""
         active, val_acc = np.asarray(stats["active"]), np.asarray(stats["val_accuracy"])
+        passes, done = stats.get("passes", 1), stats.get("pass", 0)
         if stats.get("stage", "select") != stage[0]:  # the refit pass (train.refit) starts again at epoch 1
             stage[0] = stats["stage"]
             bar.reset()
             bar.set_description(f"  {label} ({stage[0]})")
-        bar.update(epoch - bar.n)
+        if bar.total != total * passes:
+            bar.total = total * passes
+        bar.update(done * total + epoch - bar.n)
         shown = {"loss": f"{np.nanmean(stats['train_loss']):.3f}"}
         if np.isfinite(val_acc).any():  # members without validation rows (val_fraction=0) report NaN
             shown["val_acc"] = f"{np.nanmean(val_acc):.3f}"
-        bar.set_postfix(**shown, active=f"{int(active.sum())}/{active.size}")
+        if passes > 1:
+            shown["member"] = f"{done + 1}/{passes}"
+        if active.size > 1:
+            shown["active"] = f"{int(active.sum())}/{active.size}"
+        bar.set_postfix(**shown)
 
     return bar, progress
 

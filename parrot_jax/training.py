@@ -51,7 +51,8 @@ from parrot_jax.splits import Fold
 PyTree = Any
 LoopForm = Literal["auto", "step", "scan", "unrolled", "cell"]
 LOOP_FORMS: tuple[str, ...] = ("auto", "step", "scan", "unrolled", "cell")
-FoldAxis = Literal["vmap", "loop"]
+FoldAxis = Literal["auto", "vmap", "loop"]
+FOLD_AXES: tuple[str, ...] = ("auto", "vmap", "loop")
 MONITORS: tuple[str, ...] = ("loss", "accuracy", "uar", "none")
 Progress = Callable[[int, dict], None]
 
@@ -93,8 +94,11 @@ class TrainConfig:
         slow (an epoch of 3 steps: 15.9 s as a scan, 1.0 s as jitted steps), "cell" on GPU/TPU. Every form gives the same results.
     progress_every: with loop "cell", epochs per device program call (the host reads progress and
         calls ``progress`` for each of them in between); default 1. Ignored by the other forms.
-    fold_axis: "vmap" (default: every member in one program) or "loop" (members one after another,
-        each alone; the reference the vmapped program is tested and benchmarked against).
+    fold_axis: "vmap" (every member in one program), "loop" (members one after another, each alone, one
+        program reused; the reference the vmapped program is tested against) or "auto" (default): "loop" on
+        one CPU device, where it measured faster at the paper's sizes and the demo's and compiles smaller
+        programs (README "Defaults", bench/train_folds.py), "vmap" on accelerators and wherever the members
+        are sharded over several devices or processes. Both give the same results up to float32 rounding.
     """
 
     epochs: int = 50
@@ -107,7 +111,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)
     eval_batch_size: int = 32
     loop: LoopForm = "auto"
-    fold_axis: FoldAxis = "vmap"
+    fold_axis: FoldAxis = "auto"
     progress_every: int = 1
 
     def __post_init__(self) -> None:
@@ -126,14 +130,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.seeds must be a non-empty tuple of distinct ints, got {self.seeds!r}")
         if self.loop not in LOOP_FORMS:
             raise ValueError(f"TrainConfig.loop must be one of {LOOP_FORMS}, got {self.loop!r}")
-        if self.fold_axis not in ("vmap", "loop"):
-            raise ValueError(f"TrainConfig.fold_axis must be 'vmap' or 'loop', got {self.fold_axis!r}")
+        if self.fold_axis not in FOLD_AXES:
+            raise ValueError(f"TrainConfig.fold_axis must be one of {FOLD_AXES}, got {self.fold_axis!r}")
 
     def loop_form(self) -> str:
         """The loop form to use on the default backend ("auto" resolved)."""
         if self.loop != "auto":
             return self.loop
         return "step" if jax.default_backend() == "cpu" else "cell"
+
+    def member_axis(self, devices: int = 1) -> str:
+        """The fold axis to use ("auto" resolved) when the members may be spread over ``devices`` devices
+        (all processes' together): "loop" on one CPU device, else "vmap"."""
+        if self.fold_axis != "auto":
+            return self.fold_axis
+        return "loop" if jax.default_backend() == "cpu" and devices == 1 else "vmap"
 
 
 @dataclass(frozen=True)
@@ -364,14 +375,25 @@ class _Programs:
         self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
         self.cell = jax.jit(self._cell, donate_argnums=(0,))
         self.evaluate = jax.jit(jax.vmap(self._logits, in_axes=(0, None, 0, 0, 0, 0)))
-        self.init = jax.jit(jax.vmap(self._init, in_axes=(0, None)), static_argnums=(1,))
         self.keep_best = jax.jit(_keep_where, donate_argnums=(2,))
 
-    def _init(self, key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[PyTree, PyTree]:
-        k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
-        dummy = tuple(jnp.zeros((2, *shape), jnp.float32) for shape in shapes)
-        params = self.module.init({"params": k_params, "dropout": k_dropout}, dummy, mask=None, train=False)["params"]
-        return params, self.tx.init(params)
+    def init(self, keys: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[PyTree, PyTree]:
+        """Each member's params and Adam state, stacked [M, ...], from its key [M] (inputs of ``shapes``).
+
+        Not compiled as one program: flax's ``lazy_init`` runs only the initialisers (no forward pass),
+        eagerly under `jax.vmap`, so what compiles is one small program per initialiser and shape, shared
+        by every model kind (a jitted init compiled the whole forward pass, Sinkhorn included: 1-9 s a
+        model on 2 CPU cores). The params are bitwise those of ``jit(vmap(module.init))``
+        (tests/test_training.py)."""
+
+        def one(key: jax.Array) -> tuple[PyTree, PyTree]:
+            k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
+            dummy = tuple(jax.ShapeDtypeStruct((2, *shape), jnp.float32) for shape in shapes)
+            params = self.module.lazy_init({"params": k_params, "dropout": k_dropout}, dummy, mask=None,
+                                           train=False)["params"]
+            return params, self.tx.init(params)
+
+        return jax.vmap(one)(keys)
 
     def _inputs(self, xs, mean, scale, idx):
         return tuple((x[idx] - m) / s for x, m, s in zip(xs, mean, scale))
@@ -473,8 +495,10 @@ class _Programs:
 _keep_where = jax.vmap(lambda keep, new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, old))
 
 
-def _step_keys(member_keys: jax.Array, epoch: int, steps: int) -> jax.Array:
-    """[M, steps] dropout keys: fold_in(fold_in(member key, 1 + epoch), step)."""
+@functools.partial(jax.jit, static_argnums=(2,))
+def _step_keys(member_keys: jax.Array, epoch: int | jax.Array, steps: int) -> jax.Array:
+    """[M, steps] dropout keys: fold_in(fold_in(member key, 1 + epoch), step) (one small compiled program per
+    member count and steps, called once per epoch)."""
     per_epoch = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(member_keys)
     return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(steps)))(per_epoch)
 
@@ -695,7 +719,9 @@ def train_cell(
 
     features: 1 or 2 float arrays [N, D_i] (as the kind needs); labels: int class ids [N] in [0, C).
     progress(epoch, metrics) is called after each epoch with per-member arrays ``train_loss``,
-    ``val_loss``, ``val_accuracy`` and ``active`` (seed-major member order).
+    ``val_loss``, ``val_accuracy`` and ``active`` (seed-major member order), and ``stage`` ("select", or
+    "refit"), ``pass`` and ``passes``: under fold_axis "vmap" one pass holds every member; under "loop" the
+    members train one after another, one pass each, and the arrays hold that pass's member alone.
     mesh: the devices the members (folds x seeds) are sharded over (default `distributed.make_mesh()`:
     all devices, or those `$PARROT_DEVICES` names); with one device and one process nothing is placed.
     Results do not depend on it (tests/test_distributed.py).
@@ -751,40 +777,44 @@ def train_cells(
     rows = tuple(np.concatenate([features[i] for features in cells]) if K > 1 else cells[0][i] for i in range(n_inputs))
     all_labels = np.tile(labels.astype(np.int32), K)
     mesh = mesh if mesh is not None else dist.make_mesh()
-    sharded = config.fold_axis == "vmap" and (mesh.devices.size > 1 or jax.process_count() > 1)
+    axis = config.member_axis(mesh.devices.size)
+    sharded = axis == "vmap" and (mesh.devices.size > 1 or jax.process_count() > 1)
     if sharded:  # every device holds the whole data
         xs, y = dist.replicate((rows, all_labels), mesh)
     else:
         xs, y = tuple(jnp.asarray(x) for x in rows), jnp.asarray(all_labels)
-    groups = [list(range(len(members)))] if config.fold_axis == "vmap" else [[m] for m in range(len(members))]
+    # "vmap": one group of every member; "loop": one group per member, each the same one-member program
+    groups = [list(range(len(members)))] if axis == "vmap" else [[m] for m in range(len(members))]
 
     def fit(fit_folds: Sequence[Fold], limits: Sequence[int] | None,
-            stage: str) -> tuple[PyTree, Standardizer, list, list]:
-        """Every member trained on ``fit_folds`` (at most ``limits[m]`` epochs): params, statistics, epochs."""
+            stage: str) -> tuple[list[PyTree], Standardizer, list, list]:
+        """Every member trained on ``fit_folds`` (at most ``limits[m]`` epochs): each group's params, the
+        statistics, the epochs."""
         stats = _member_stats(cells, members, fit_folds, config.standardize)
-        staged = None if progress is None else (lambda epoch, info: progress(epoch, {**info, "stage": stage}))
         parts, best_epochs, epochs_run = [], [], []
-        for group in groups:
-            group_stats = Standardizer(tuple(a[group] for a in stats.mean), tuple(a[group] for a in stats.scale))
+        for g, group in enumerate(groups):
+            staged = None if progress is None else functools.partial(_staged, progress, {
+                "stage": stage, "pass": g, "passes": len(groups)})
             p, b, e = _train_members(programs, [members[m] for m in group], fit_folds, n_rows, xs, y, all_labels,
-                                     group_stats, config, staged, mesh if sharded else None,
+                                     _rows_of(stats, group), config, staged, mesh if sharded else None,
                                      None if limits is None else [limits[m] for m in group])
             parts.append(p)
             best_epochs += b
             epochs_run += e
-        params = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
-        return params, stats, best_epochs, epochs_run
+        return parts, stats, best_epochs, epochs_run
 
-    params, member_stats, best_epochs, epochs_run = fit(folds, None, "select")
+    parts, member_stats, best_epochs, epochs_run = fit(folds, None, "select")
     if config.refit and any(len(fold.val) for fold in folds):
         whole = [Fold(fold.fit_rows(True), np.empty(0, np.int64), fold.test) for fold in folds]
-        params, member_stats, _, _ = fit(whole, best_epochs, "refit")
+        parts, member_stats, _, _ = fit(whole, best_epochs, "refit")
 
-    mean = tuple(jnp.asarray(a) for a in member_stats.mean)
-    scale = tuple(jnp.asarray(a) for a in member_stats.scale)
-    test_rows = [folds[f].test + c * n_rows for c, _, f in members]
-    logits = _evaluate(programs, params, xs, mean, scale, test_rows, config.eval_batch_size)
-    params = jax.device_get(params)
+    logits = []
+    for group, part in zip(groups, parts):  # each group evaluated by the program it trained with
+        stats = _rows_of(member_stats, group)
+        test_rows = [folds[f].test + c * n_rows for c, _, f in (members[m] for m in group)]
+        logits += _evaluate(programs, part, xs, tuple(map(jnp.asarray, stats.mean)),
+                            tuple(map(jnp.asarray, stats.scale)), test_rows, config.eval_batch_size)
+    params = jax.device_get(parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts))
     seconds = time.perf_counter() - start
     per = len(members) // K
     results = []
@@ -801,13 +831,23 @@ def train_cells(
             num_classes=num_classes,
             seeds=tuple(config.seeds),
             runs=runs,
-            config={"train": asdict(config), "model": _config_dict(model_config)},
+            config={"train": asdict(config), "model": _config_dict(model_config),
+                    "ran": {"loop": programs.form, "fold_axis": axis}},
             params=jax.tree_util.tree_map(lambda a: a[part], params),
-            standardizer=Standardizer(tuple(a[part] for a in member_stats.mean),
-                                      tuple(a[part] for a in member_stats.scale)) if config.standardize else None,
+            standardizer=_rows_of(member_stats, part) if config.standardize else None,
             seconds=seconds,
         ))
     return results
+
+
+def _staged(progress: Progress, where: dict, epoch: int, info: dict) -> None:
+    """``progress`` with the stage and pass of the epoch added to its metrics."""
+    progress(epoch, {**info, **where})
+
+
+def _rows_of(stats: Standardizer, rows: Sequence[int]) -> Standardizer:
+    """The standardisers of members ``rows`` of stacked ``stats``."""
+    return Standardizer(tuple(a[rows] for a in stats.mean), tuple(a[rows] for a in stats.scale))
 
 
 def _member_stats(cells: Sequence[Sequence[np.ndarray]], members: Sequence[tuple[int, int, int]],
@@ -870,12 +910,18 @@ def predict_logits(
             raise ValueError(f"features[{i}]: expected shape [{n}, D] (or [{n}, L+1, D]), got {x.shape}")
     if standardizer is not None:
         features = standardizer.apply(features)
-    module = build_model(kind, model_config)
-    if output == "penultimate":
-        apply = jax.jit(lambda p, inputs, mask: penultimate_features(module, p, inputs, mask))
-    else:
-        apply = jax.jit(lambda p, inputs, mask: module.apply({"params": p}, inputs, mask=mask, train=False))
+    apply = _apply_program(kind, model_config, output)
     idx, mask = _pad_batches(np.arange(n), -(-n // eval_batch_size), eval_batch_size)
     xs = [np.asarray(x, np.float32) for x in features]
     out = [np.asarray(apply(params, tuple(x[i] for x in xs), jnp.asarray(m))) for i, m in zip(idx, mask)]
     return np.concatenate(out)[:n]
+
+
+@functools.lru_cache(maxsize=16)
+def _apply_program(kind: str, model_config: ModelConfig, output: str) -> Callable:
+    """`predict_logits`' jitted batch function, one per (kind, model config, output), so that every call
+    (each fold's activations, each prediction) reuses its compiled program."""
+    module = build_model(kind, model_config)
+    if output == "penultimate":
+        return jax.jit(lambda p, inputs, mask: penultimate_features(module, p, inputs, mask))
+    return jax.jit(lambda p, inputs, mask: module.apply({"params": p}, inputs, mask=mask, train=False))

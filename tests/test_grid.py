@@ -359,6 +359,18 @@ def test_progress_without_validation_rows_shows_no_nan(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
+def test_progress_counts_the_epochs_of_every_pass(capsys):
+    """Under fold_axis "loop" the members train one after another (one pass each): the bar counts the epochs of
+    every pass, and names the member, never stepping back at a new pass's epoch 1."""
+    bar, progress = grid._epoch_bar(3, "cell")
+    one = {"active": np.ones(1, bool), "train_loss": np.ones(1), "val_accuracy": np.full(1, np.nan), "passes": 2}
+    progress(3, {**one, "pass": 0})
+    assert (bar.n, bar.total) == (3, 6) and "member=1/2" in str(bar.postfix) and "active" not in str(bar.postfix)
+    progress(1, {**one, "pass": 1})
+    assert (bar.n, bar.total) == (4, 6) and "member=2/2" in str(bar.postfix)
+    bar.close()
+
+
 # ----------------------------------------------------------------------------------------------------
 # EmoBox split files, metrics by name, paired tests
 

@@ -25,6 +25,7 @@ from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import (
     NonFiniteLoss,
+    _programs,
     TrainConfig,
     epoch_order,
     fit_standardizer,
@@ -268,10 +269,16 @@ def test_results_predict_progress_and_json():
     feats, labels = _problem(n=90)
     folds = make_folds(labels, k=3, seed=0)
     seen = []
-    config = TrainConfig(epochs=2, patience=None, seeds=(3, 4))
+    config = TrainConfig(epochs=2, patience=None, seeds=(3, 4), fold_axis="vmap")
     cell = train_cell("fcn", _config(), feats[:1], labels, folds, config, progress=lambda e, m: seen.append((e, m)))
-    assert [e for e, _ in seen] == [1, 2]
+    assert [(e, m["pass"], m["passes"]) for e, m in seen] == [(1, 0, 1), (2, 0, 1)]
     assert seen[0][1]["train_loss"].shape == (6,) and np.all(np.isfinite(seen[0][1]["val_loss"]))
+    # one member after another: each pass reports its member's epochs alone
+    seen.clear()
+    train_cell("fcn", _config(), feats[:1], labels, folds, dataclasses.replace(config, fold_axis="loop"),
+               progress=lambda e, m: seen.append((e, m)))
+    assert [(e, m["pass"], m["passes"]) for e, m in seen] == [(e, p, 6) for p in range(6) for e in (1, 2)]
+    assert {m["train_loss"].shape for _, m in seen} == {(1,)}
     assert [(r.seed, r.fold) for r in cell.runs] == [(s, f) for s in (3, 4) for f in range(3)]
     for run in cell.runs:
         assert np.array_equal(run.test_indices, folds[run.fold].test)
@@ -414,3 +421,65 @@ def test_second_process_loads_programs_from_the_persistent_cache(tmp_path, loop)
     assert first[0] == 0 and first[1] >= 3 and len(list(tmp_path.iterdir())) >= first[1]
     second = run()
     assert second == (first[1], 0)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_initial_params_are_bitwise_those_of_a_jitted_init(kind):
+    """The trainer's eager ``lazy_init`` under vmap (no forward pass compiled) gives every member exactly the
+    params and Adam state a jitted, vmapped ``module.init`` on dummy inputs gives."""
+    programs = _programs(kind, _config(), 1e-3, "step")
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), f) for s in (0, 7) for f in range(3)])
+    shapes = tuple((d,) for d in DIMS[: num_inputs(kind)])
+
+    def reference(key):
+        k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
+        dummy = tuple(jnp.zeros((2, *shape), jnp.float32) for shape in shapes)
+        params = programs.module.init({"params": k_params, "dropout": k_dropout}, dummy, mask=None, train=False)
+        return params["params"], programs.tx.init(params["params"])
+
+    ours, theirs = programs.init(keys, shapes), jax.jit(jax.vmap(reference))(keys)
+    assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_fold_axis_auto_is_loop_on_one_cpu_device_as_the_readme_says():
+    """"auto" resolves to "loop" on one CPU device and to "vmap" where members are spread over several
+    devices; the README's defaults table states the same, and a cell records the axis it ran."""
+    assert jax.default_backend() == "cpu"
+    assert TrainConfig().fold_axis == "auto"
+    assert TrainConfig().member_axis(1) == "loop" and TrainConfig().member_axis(4) == "vmap"
+    assert TrainConfig(fold_axis="vmap").member_axis(1) == "vmap" and TrainConfig(fold_axis="loop").member_axis(4) == "loop"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `TrainConfig.fold_axis` |"))
+    assert '`"auto"`: `"loop"` on one CPU device, `"vmap"` on accelerators' in row
+    feats, labels = _problem(n=60)
+    cell = train_cell("fcn", _config(), feats[:1], labels, make_folds(labels, k=3), TrainConfig(epochs=1))
+    assert cell.config["ran"] == {"loop": "step", "fold_axis": "loop"}
+    with pytest.raises(ValueError, match=r"TrainConfig.fold_axis must be one of \('auto', 'vmap', 'loop'\), got 'x'"):
+        TrainConfig(fold_axis="x")
+
+
+def test_predictions_reuse_one_compiled_program_for_any_row_count():
+    """`predict_logits` compiles its batch program once per (kind, model config, output): later calls, of
+    other row counts and other params, trace (and so compile) nothing, whether or not a persistent cache is on."""
+    from jax import monitoring
+
+    feats, labels = _problem(n=60)
+    cell = train_cell("cnn", _config(), feats[:1], labels, make_folds(labels, k=3), TrainConfig(epochs=1))
+    params, stats = cell.member(0, 1)
+    predict_logits("cnn", _config(), params, [feats[0][:5]], stats)
+    compiled = []
+
+    def listen(event: str, seconds: float, **kwargs) -> None:
+        if event in ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration"):
+            compiled.append(event)
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        first = predict_logits("cnn", _config(), cell.member(0, 2)[0], [feats[0][:50]], stats)
+        again = predict_logits("cnn", _config(), cell.member(0, 2)[0], [feats[0][:50]], stats)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+    assert compiled == [] and first.shape == (50, CLASSES) and np.array_equal(first, again)
+
