@@ -417,10 +417,10 @@ def test_second_process_loads_programs_from_the_persistent_cache(tmp_path, loop)
         hits, misses = map(int, out.stdout.split()[-2:])
         return hits, misses
 
-    first = run()
-    assert first[0] == 0 and first[1] >= 3 and len(list(tmp_path.iterdir())) >= first[1]
+    first = run()  # a hit here: two calls compiling the same program (e.g. one initialiser from two closures)
+    assert first[1] >= 3 and len(list(tmp_path.iterdir())) >= first[1]
     second = run()
-    assert second == (first[1], 0)
+    assert second == (first[0] + first[1], 0)
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
