@@ -1,14 +1,14 @@
 """JAX's persistent compilation cache for the project's programs (encoder runner and trainer alike).
 
-Every `parrot` command turns it on before it runs (`parrot_jax.cli.main`), and the encoder runner when it
-runs an encoder's program; importing or calling the rest of the library never does (opt-in: call
-`enable_compilation_cache()`). The user's choice, ``PARROT_COMPILATION_CACHE`` (``parrot
+Every `parrot` command turns it on before it runs (`parrot_jax.cli.main`), the encoder runner when it
+runs an encoder's program, and the benchmarks; importing or calling the rest of the library never does
+(opt-in: call `enable_compilation_cache()`). The user's choice, ``PARROT_COMPILATION_CACHE`` (``parrot
 --no-compilation-cache`` sets it to 0):
 
     unset, "", 1, on, true, yes   on, in the folder below
     0, off, false, no             off: nothing of parrot_jax turns the cache on, not even an encoder's
                                   ``compilation_cache`` run option (it only chooses the folder)
-    an absolute path              on, in that folder
+    an absolute path (or ~/...)   on, in that folder
 
 Folder: the ``path`` argument (an encoder's run option), else the variable's path, else a folder already
 set in JAX (``JAX_COMPILATION_CACHE_DIR``, ``jax.config``), else ``$XDG_CACHE_HOME/parrot_jax/jax`` or
@@ -31,9 +31,10 @@ def user_choice() -> Path | bool:
     """``PARROT_COMPILATION_CACHE`` read: False (off), True (on, default folder) or a folder; a ValueError
     naming the variable and the accepted values for any other value."""
     text = os.environ.get(ENV, "")
-    if text.strip().lower() in _ON:
+    word = text.strip().lower()
+    if word in _ON:
         return True
-    if text.strip().lower() in _OFF:
+    if word in _OFF:
         return False
     if Path(text).expanduser().is_absolute():
         return Path(text).expanduser()

@@ -80,6 +80,7 @@ print(jax.config.jax_compilation_cache_dir)
 """
 
 
+@pytest.mark.slow
 def test_the_library_never_turns_the_cache_on(tmp_path):
     """Importing parrot_jax (and its command's module) and training leave JAX's cache folder unset."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_", "XDG_"))}
