@@ -1,5 +1,6 @@
 """parrot_jax.cli: every error reaching `parrot` is one line ``parrot <command>: error: ...`` and exit status 1
-(the traceback only with --debug or PARROT_DEBUG=1); `--dry-run` finds what a run would refuse."""
+(the traceback only with --debug or PARROT_DEBUG=1); `--dry-run` finds what a run would refuse; every command that
+compiles keeps its programs in the persistent compilation cache unless opted out."""
 
 from __future__ import annotations
 
