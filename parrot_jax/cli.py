@@ -3,7 +3,9 @@
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and sets
 `handler`; the work itself lives in the library modules. All argument parsing of the project is here.
 Every error that reaches the command becomes one line on stderr, ``parrot <command>: error: ...``, and
-exit status 1; ``--debug`` (or ``PARROT_DEBUG=1``) lets the traceback through instead.
+exit status 1; ``--debug`` (or ``PARROT_DEBUG=1``) lets the traceback through instead. Every subcommand
+runs with JAX's persistent compilation cache on (`parrot_jax.compilation_cache`) unless
+``--no-compilation-cache`` (or ``PARROT_COMPILATION_CACHE=0``).
 """
 
 from __future__ import annotations
@@ -126,9 +128,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
     from parrot_jax import distributed as dist
     from parrot_jax.config import load_config
     from parrot_jax.grid import run_grid
-    from parrot_jax.compilation_cache import enable_compilation_cache
 
-    enable_compilation_cache()
     config, provenance = load_config(args.config, grid_overrides(args))
     provenance["argv"] = sys.argv
     outcome = run_grid(config, provenance, dry_run=args.dry_run)
@@ -299,14 +299,20 @@ def _name_paths(items: list[str], flag: str) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """The `parrot` command. Turns on the process's malloc settings (`allocator`) unless
-    PARROT_KEEP_FREED_MEMORY=0, before anything else runs."""
+    PARROT_KEEP_FREED_MEMORY=0, before anything else runs, and the persistent compilation cache before the
+    subcommand runs, unless opted out."""
     from parrot_jax import allocator
 
     allocator.keep_freed_memory_if_wanted()
+    from parrot_jax import compilation_cache  # imports JAX: after the malloc settings
+
     parser = OneLineParser(prog="parrot", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", metavar="SPEC", help="devices to use: all (default), N (the first N) or "
                         "ids:i,j,... (sets PARROT_DEVICES; see README 'Multi-device and multi-host')")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help=f"let an error's traceback through (also {DEBUG_ENV}=1)")
+    parser.add_argument("--no-compilation-cache", action="store_true", help="compile every program afresh, keep "
+                        f"none (sets {compilation_cache.ENV}=0; default: JAX's persistent compilation cache in "
+                        "$XDG_CACHE_HOME/parrot_jax/jax or ~/.cache/parrot_jax/jax)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_extract, _add_verify_corpus, _add_grid, _add_predict, _add_export, _add_demo):
         add(sub)
@@ -314,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # argparse collects them on the top parser: the refusal names the subcommand
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _use_devices(parser, args.devices)
+    if args.no_compilation_cache:  # the variable, so the encoder runner leaves the cache off too
+        os.environ[compilation_cache.ENV] = "0"
     try:
+        compilation_cache.enable_compilation_cache()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print(f"parrot {args.command}: interrupted", file=sys.stderr)

@@ -1,9 +1,14 @@
 """parrot_jax.cli: every error reaching `parrot` is one line ``parrot <command>: error: ...`` and exit status 1
-(the traceback only with --debug or PARROT_DEBUG=1); `--dry-run` finds what a run would refuse."""
+(the traceback only with --debug or PARROT_DEBUG=1); `--dry-run` finds what a run would refuse; every command that
+compiles keeps its programs in the persistent compilation cache unless opted out."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +208,102 @@ def test_help_of_a_subcommand_shows_its_usage(capsys):
     with pytest.raises(SystemExit) as done:
         main(["grid", "--help"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: parrot grid [-h]")
+
+
+REPO = Path(__file__).resolve().parents[1]
+WAV2VEC2 = REPO / "tests" / "fixtures" / "hf" / "wav2vec2"
+# Runs `parrot_jax.cli.main` on each argv of a JSON list in one process and prints, per command, how many
+# programs it found in the persistent compilation cache (hits) and compiled into it (misses). Between commands the
+# process forgets every compiled program and the cache folder, so each command finds them (or not) by itself.
+_COUNTED = """
+import json, sys
+import jax
+from jax import monitoring
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+from parrot_jax.cli import main
+
+counts = {}
+def listen(event, **kwargs):
+    kind = event.removeprefix("/jax/compilation_cache/cache_")
+    if kind in counts:
+        counts[kind] += 1
+monitoring.register_event_listener(listen)
+out = []
+for argv in json.loads(sys.argv[1]):
+    jax.clear_caches()
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax_cache.reset_cache()
+    counts.update(hits=0, misses=0)
+    assert main(argv) == 0, argv
+    out.append([counts["hits"], counts["misses"]])
+print(json.dumps(out))
+"""
+
+
+def _counted(commands: list[list[str]], env: dict[str, str]) -> list[tuple[int, int]]:
+    """(hits, misses) of each command, run one after the other by `parrot` in a fresh CPU-only process."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "PARROT_", "XLA_", "XDG_"))}
+    full.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **env)
+    proc = subprocess.run([sys.executable, "-c", _COUNTED, json.dumps(commands)], env=full, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [tuple(pair) for pair in json.loads(proc.stdout.splitlines()[-1])]
+
+
+def _commands(store: Path, tmp_path: Path, out: Path) -> list[list[str]]:
+    """Every `parrot` command that compiles, small, writing under `out`: demo, grid, predict (training a model),
+    export (the model), extract (a JAX encoder)."""
+    config = tmp_path / "one_cell.py"
+    config.write_text(TINY_CONFIG.format(features=str(store), results=str(tmp_path)).replace('("svm",)', '("fcn",)'))
+    wavs = sorted((store.parent / "corpus" / "wav").glob("*.wav"))[:2]
+    listing = tmp_path / "two" / "list.csv"
+    listing.parent.mkdir(exist_ok=True)
+    for path in wavs:
+        (listing.parent / path.name).write_bytes(path.read_bytes())
+    listing.write_text("path,label\n" + "".join(f"{path.name},anger\n" for path in wavs))
+    return [
+        ["demo", "--epochs", "1", "--out", str(out / "demo")],
+        ["grid", "--config", str(config), "--results", str(out), "--set", "train.epochs=1"],
+        ["predict", "--model", str(out / "model"), "--corpus", "demo", "--features", str(store), "--epochs", "1",
+         "--holdout", "0.25", *map(str, wavs)],
+        ["export", "--model", str(out / "model"), "--out", str(out / "model.mlir"), "--format", "stablehlo"],
+        ["extract", "--corpus", "csv", "--root", str(listing), "--encoders", "wav2vec2-base", "--checkpoint",
+         f"wav2vec2-base={WAV2VEC2}", "--out", str(out / "features"), "--no-progress"],
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_command_that_compiles_loads_its_programs_from_the_persistent_cache(store, tmp_path):
+    """Each command of a first process on an empty cache compiles its programs into it (misses); each command of
+    a second process writing elsewhere finds every one of them (hits, no miss), the second process naming the
+    folder by PARROT_COMPILATION_CACHE instead of XDG_CACHE_HOME."""
+    first = _counted(_commands(store, tmp_path, tmp_path / "first"), {"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert all(misses >= 1 for hits, misses in first), first
+    folder = tmp_path / "xdg" / "parrot_jax" / "jax"
+    assert len(list(folder.iterdir())) >= sum(misses for hits, misses in first)
+    second = _counted(_commands(store, tmp_path, tmp_path / "second"),
+                      {"XDG_CACHE_HOME": str(tmp_path / "elsewhere"), "PARROT_COMPILATION_CACHE": str(folder)})
+    assert second == [(hits + misses, 0) for hits, misses in first]
+    assert not (tmp_path / "elsewhere" / "parrot_jax").exists()
+
+
+@pytest.mark.slow
+def test_the_opt_out_keeps_every_program_out_of_the_cache(store, tmp_path):
+    """`parrot --no-compilation-cache` and PARROT_COMPILATION_CACHE=off: no program is looked up or stored, no
+    folder made, not even the one an encoder's ``compilation_cache`` run option names."""
+    predict, extract = _commands(store, tmp_path, tmp_path / "out")[2::2]
+    own = tmp_path / "own"
+    extract[extract.index("wav2vec2-base")] = f"wav2vec2-base:compilation_cache={own}"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert _counted([["--no-compilation-cache", *predict]], env) == [(0, 0)]  # trains and saves the model
+    assert _counted([predict, extract], {**env, "PARROT_COMPILATION_CACHE": "off"}) == [(0, 0), (0, 0)]
+    assert (tmp_path / "out" / "model" / "model.json").is_file() and (tmp_path / "out" / "features").is_dir()
+    assert not (tmp_path / "xdg" / "parrot_jax").exists() and not own.exists()
+
+
+def test_an_unknown_cache_setting_is_one_line_naming_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PARROT_COMPILATION_CACHE", "maybe")
+    text = _error(capsys, ["predict", "--model", str(tmp_path), str(tmp_path / "a.wav")], "predict")
+    assert text == ("PARROT_COMPILATION_CACHE='maybe': expected 0, off, false or no (no cache), 1, on, true or yes "
+                    "(the default folder), or an absolute folder path")
+    assert not any(tmp_path.iterdir())

@@ -12,7 +12,8 @@ a mesh of several devices, that function with each batch split over them
 device once). Since row r of a program's result depends on row r of its inputs only, the rows are those of
 one device. Before running, the compiled programs are sent to JAX's persistent compilation cache
 (`parrot_jax.compilation_cache`), in the folder of the encoder's ``compilation_cache`` run option where its
-family has one, else the folder already set or the user cache folder.
+family has one, else the folder already set or the user cache folder; not when the user turned the cache
+off (``PARROT_COMPILATION_CACHE=0``, ``parrot --no-compilation-cache``), whatever the run option says.
 
 Extraction and predict make one runner for the devices chosen (`Runner.for_devices`) and give it to every
 encoder of the run (`Runner.use`); ``encoder.embed_batch`` runs through `run`, on one device unless a

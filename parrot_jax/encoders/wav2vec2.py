@@ -519,7 +519,8 @@ class RunOptions:
 
     batch_size: most rows per compiled call (a last, smaller group is padded to a power of two rows).
     bucket_ratio: padded lengths lie on a geometric grid of this ratio (fewer compilations, < ratio-1 padding).
-    compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
+    compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder;
+        the cache stays off when the user turned it off, PARROT_COMPILATION_CACHE=0).
     """
 
     batch_size: int = 4

@@ -403,7 +403,8 @@ class RunOptions:
 
     batch_size: most 30 s windows per program call (a last, smaller group is padded to a power of two rows).
         Every window has the same length (Whisper always encodes 30 s), so there is nothing to bucket.
-    compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder).
+    compilation_cache: folder of JAX's persistent compilation cache (None: the user cache folder;
+        the cache stays off when the user turned it off, PARROT_COMPILATION_CACHE=0).
     """
 
     batch_size: int = 4
