@@ -335,6 +335,20 @@ def _pad_batches(order: np.ndarray | None, steps: int, batch: int) -> tuple[np.n
     return idx.reshape(steps, batch), mask.reshape(steps, batch)
 
 
+def _bucket(n: int) -> int:
+    """``n`` rounded up to at most two significant bits: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, ...
+
+    The sizes the compiled training programs ("scan", "unrolled", "cell") take for the steps of an epoch,
+    and the cell program for its epochs and validation batches, so that epoch counts and fold sizes in one
+    bucket share one compilation. Two sizes per doubling: padding under 50% of an axis (a power of two
+    would pad up to 100%, 4x on a table of epochs x steps; more sizes, more compilations). The padding is
+    exact and nearly free: padded epochs never run, padded steps and validation batches are all-mask and
+    skipped (`lax.cond`); only the batch tables grow.
+    """
+    shift = max(n.bit_length() - 2, 0)
+    return -(-n >> shift) << shift
+
+
 def _eval_batches(rows: Sequence[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
     """[M, n_batches, batch] indices/mask: each member's rows in ascending order, chunked and padded."""
     n_batches = max(1, max(-(-len(r) // batch) for r in rows))
@@ -396,12 +410,14 @@ class _Programs:
         return new_state, loss * n_valid
 
     def _epoch(self, state, xs, y, mean, scale, idx, mask, keys):
-        """All steps of one epoch in one program: idx/mask [M, steps, B], keys [M, steps]."""
+        """All steps of one epoch in one program: idx/mask [M, steps, B], keys [M, steps]; ``steps`` may be
+        padded (`_bucket`) with all-padding steps, skipped."""
         vstep = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
 
-        def body(carry, inputs):
+        def body(carry, inputs):  # a step whose rows are all padding (every member) is skipped: a no-op anyway
             i, m, k = inputs
-            return vstep(carry, xs, y, mean, scale, i, m, k)
+            return jax.lax.cond(jnp.any(m), lambda c: vstep(c, xs, y, mean, scale, i, m, k),
+                                lambda c: (c, jnp.zeros(m.shape[0], jnp.float32)), carry)
 
         per_step = (jnp.swapaxes(idx, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.swapaxes(keys, 0, 1))
         state, losses = jax.lax.scan(body, state, per_step, unroll=self.form == "unrolled")
@@ -428,8 +444,13 @@ class _Programs:
             mask = data["mask"][:, e] & active[:, None, None]
             state, train_loss = self._epoch(c["state"], xs, y, mean, scale, idx, mask,
                                             _step_keys(data["keys"], e, idx.shape[1]))
-            logits = jax.lax.map(lambda b: vlogits(state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b]),
-                                 jnp.arange(val_idx.shape[1]))  # [V, M, B, C]
+            def val_batch(b):  # a batch of padding only (`_bucket`) is skipped: its rows are masked out below
+                args = (state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b])
+                shape = jax.eval_shape(vlogits, *args)
+                return jax.lax.cond(jnp.any(val_mask[:, b]), lambda: vlogits(*args),
+                                    lambda: jnp.zeros(shape.shape, shape.dtype))
+
+            logits = jax.lax.map(val_batch, jnp.arange(val_idx.shape[1]))  # [V, M, B, C]
             logits = jnp.swapaxes(logits, 0, 1)
             labels = y[val_idx]
             picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
@@ -550,6 +571,8 @@ def _train_members(
     val_rows = [folds[f].val + o for (_, _, f), o in zip(members, offsets)]
     has_val = np.array([len(v) > 0 for v in val_rows])
     steps = max(-(-len(r) // config.batch_size) for r in train_rows)
+    if programs.form != "step":  # one compiled program per bucket of step counts (padding steps skipped)
+        steps = _bucket(steps)
     limits = np.array([config.epochs] * n_real if limits is None else list(limits), np.int32)
     limits = np.concatenate([limits, np.repeat(limits[-1:], M - n_real)])  # the mesh's padding copies
     if programs.form == "cell":
@@ -628,13 +651,18 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
 
     The host builds every epoch's batch tables once ([M, E, steps, B] rows and mask, the same
     `epoch_order` shuffles as the host loop); a stopped member's later epochs are masked on the device.
+    The epoch axis (tables and history) and the validation batches are padded to `_bucket` sizes, as
+    ``steps`` is, so that cells whose epoch counts or fold sizes fall in one bucket share one program:
+    the padding epochs never run (the loop stops at ``E``), the padding batches are all-mask.
     """
-    M, E = len(members), config.epochs
-    tables = [[_pad_batches(epoch_order(s, f, e, folds[f].train) + o, steps, config.batch_size) for e in range(E)]
-              for (_, s, f), o in zip(members, offsets)]
+    M, E, E_pad = len(members), config.epochs, _bucket(config.epochs)
+    tables = [[_pad_batches(epoch_order(s, f, e, folds[f].train) + o if e < E else None, steps, config.batch_size)
+               for e in range(E_pad)] for (_, s, f), o in zip(members, offsets)]
     idx = np.stack([np.stack([t[0] for t in member]) for member in tables])
     mask = np.stack([np.stack([t[1] for t in member]) for member in tables])
     val_idx, val_mask = _eval_batches(val_rows, config.eval_batch_size)
+    padding = ((0, 0), (0, _bucket(val_idx.shape[1]) - val_idx.shape[1]), (0, 0))
+    val_idx, val_mask = np.pad(val_idx, padding), np.pad(val_mask, padding)
     data = {
         "xs": xs, "y": y, "mean": mean, "scale": scale,
         "monitor": jnp.asarray(MONITORS.index(config.monitor), jnp.int32),
@@ -649,8 +677,8 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
         "waited": np.zeros(M, np.int32),
         "epochs_run": np.zeros(M, np.int32),
         "active": np.ones(M, bool),
-        "history": {"train_loss": np.zeros((M, E), np.float32), "val_loss": np.zeros((M, E), np.float32),
-                    "val_accuracy": np.zeros((M, E), np.float32), "active": np.zeros((M, E), bool)},
+        "history": {"train_loss": np.zeros((M, E_pad), np.float32), "val_loss": np.zeros((M, E_pad), np.float32),
+                    "val_accuracy": np.zeros((M, E_pad), np.float32), "active": np.zeros((M, E_pad), bool)},
     })
     carry = {"state": state, "best": jax.tree_util.tree_map(jnp.copy, state[0]), "epoch": jnp.asarray(0, jnp.int32),
              **per_member}
