@@ -87,7 +87,7 @@ class TrainConfig:
     eval_batch_size: rows per evaluation batch, in ascending row order (default 32, the training batch).
     loop: what one jitted call spans. "step": a Python loop over a jitted vmapped step; "scan": one
         jitted epoch, `lax.scan` over its steps; "unrolled": one jitted epoch, the steps unrolled;
-        "cell": the cell's whole training (a `lax.while_loop` over epochs, each a `lax.scan` over its
+        "cell": the cell's whole training (a `lax.while_loop` over epochs, each a `lax.fori_loop` over its
         steps, then validation, patience and best-params selection, all on the device), the host
         reading progress every ``progress_every`` epochs. "auto" (default) picks by backend from
         measurements (bench/train_folds.py): "step" on CPU, where a scan of steps is pathologically
@@ -346,6 +346,19 @@ def _pad_batches(order: np.ndarray | None, steps: int, batch: int) -> tuple[np.n
     return idx.reshape(steps, batch), mask.reshape(steps, batch)
 
 
+def _bucket(n: int) -> int:
+    """``n`` rounded up to at most two significant bits: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, ...
+
+    The sizes the whole-cell program ("cell") takes for its epochs, the steps of an epoch and the validation
+    batches, so that epoch counts and fold sizes in one bucket share one compilation. Two sizes per
+    doubling: padding under 50% of an axis (a power of two would pad up to 100%, 4x on a table of epochs x
+    steps; more sizes, more compilations). The padding is exact and nearly free: padded epochs, steps and
+    validation batches are all-mask and never run (loops bounded by the real counts); only the tables grow.
+    """
+    shift = max(n.bit_length() - 2, 0)
+    return -(-n >> shift) << shift
+
+
 def _eval_batches(rows: Sequence[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
     """[M, n_batches, batch] indices/mask: each member's rows in ascending order, chunked and padded."""
     n_batches = max(1, max(-(-len(r) // batch) for r in rows))
@@ -418,8 +431,18 @@ class _Programs:
         return new_state, loss * n_valid
 
     def _epoch(self, state, xs, y, mean, scale, idx, mask, keys):
-        """All steps of one epoch in one program: idx/mask [M, steps, B], keys [M, steps]."""
+        """All steps of one epoch in one program: idx/mask [M, steps, B], keys [M, steps]. In the cell form
+        ``steps`` is padded (`_bucket`) and only the steps holding a row of some member (a prefix) run, in a
+        `lax.fori_loop`; the rest are padding only (no-ops)."""
         vstep = jax.vmap(self._step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
+        if self.form == "cell":
+            def step(t, carry):
+                state, total = carry
+                state, loss = vstep(state, xs, y, mean, scale, idx[:, t], mask[:, t], keys[:, t])
+                return state, total + loss
+
+            n_steps = jnp.sum(jnp.any(mask, axis=(0, 2)))
+            return jax.lax.fori_loop(0, n_steps, step, (state, jnp.zeros(idx.shape[0], jnp.float32)))
 
         def body(carry, inputs):
             i, m, k = inputs
@@ -432,7 +455,7 @@ class _Programs:
     def _cell(self, carry: dict, data: dict, stop: jax.Array) -> dict:
         """Epochs ``carry["epoch"]`` .. ``stop`` - 1 of every member on the device (fewer if all stop).
 
-        Per epoch e, as `_train_members` does on the host: the steps of e (a `lax.scan`; rows
+        Per epoch e, as `_train_members` does on the host: the steps of e (a `lax.fori_loop`; rows
         ``data["idx"][:, e]``, a stopped member's steps masked to no-ops), then the validation loss and
         accuracy in fixed eval batches, best params / score / epoch where the score strictly improved
         (or the member has no validation rows), the patience counters, and the epoch's row of the
@@ -443,6 +466,7 @@ class _Programs:
         val_idx, val_mask = data["val_idx"], data["val_mask"]  # [M, V, B]
         n_val = jnp.sum(val_mask, axis=(1, 2))
         has_val = n_val > 0
+        n_batches = jnp.sum(jnp.any(val_mask, axis=(0, 2)))  # the batches holding a row (a prefix)
 
         def one_epoch(c: dict) -> dict:
             e, active = c["epoch"], c["active"]
@@ -450,8 +474,12 @@ class _Programs:
             mask = data["mask"][:, e] & active[:, None, None]
             state, train_loss = self._epoch(c["state"], xs, y, mean, scale, idx, mask,
                                             _step_keys(data["keys"], e, idx.shape[1]))
-            logits = jax.lax.map(lambda b: vlogits(state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b]),
-                                 jnp.arange(val_idx.shape[1]))  # [V, M, B, C]
+            def val_batch(b, out):  # the batches after n_batches are padding only (`_bucket`): left zero, masked
+                return out.at[b].set(vlogits(state[0], xs, mean, scale, val_idx[:, b], val_mask[:, b]))
+
+            shape = jax.eval_shape(vlogits, state[0], xs, mean, scale, val_idx[:, 0], val_mask[:, 0])
+            logits = jax.lax.fori_loop(0, n_batches, val_batch,
+                                       jnp.zeros((val_idx.shape[1], *shape.shape), shape.dtype))  # [V, M, B, C]
             logits = jnp.swapaxes(logits, 0, 1)
             labels = y[val_idx]
             picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
@@ -652,13 +680,18 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
 
     The host builds every epoch's batch tables once ([M, E, steps, B] rows and mask, the same
     `epoch_order` shuffles as the host loop); a stopped member's later epochs are masked on the device.
+    The epochs (tables and history), the steps and the validation batches are padded to `_bucket` sizes, so
+    that cells whose epoch counts or fold sizes fall in one bucket share one program; the padding never runs
+    (the loops stop at ``E``, at the last step holding a row, at the last validation batch holding a row).
     """
-    M, E = len(members), config.epochs
-    tables = [[_pad_batches(epoch_order(s, f, e, folds[f].train) + o, steps, config.batch_size) for e in range(E)]
-              for (_, s, f), o in zip(members, offsets)]
+    M, E, E_pad, steps = len(members), config.epochs, _bucket(config.epochs), _bucket(steps)
+    tables = [[_pad_batches(epoch_order(s, f, e, folds[f].train) + o if e < E else None, steps, config.batch_size)
+               for e in range(E_pad)] for (_, s, f), o in zip(members, offsets)]
     idx = np.stack([np.stack([t[0] for t in member]) for member in tables])
     mask = np.stack([np.stack([t[1] for t in member]) for member in tables])
     val_idx, val_mask = _eval_batches(val_rows, config.eval_batch_size)
+    padding = ((0, 0), (0, _bucket(val_idx.shape[1]) - val_idx.shape[1]), (0, 0))
+    val_idx, val_mask = np.pad(val_idx, padding), np.pad(val_mask, padding)
     data = {
         "xs": xs, "y": y, "mean": mean, "scale": scale,
         "monitor": jnp.asarray(MONITORS.index(config.monitor), jnp.int32),
@@ -673,8 +706,8 @@ def _train_on_device(programs, members, n_real, folds, offsets, val_rows, steps,
         "waited": np.zeros(M, np.int32),
         "epochs_run": np.zeros(M, np.int32),
         "active": np.ones(M, bool),
-        "history": {"train_loss": np.zeros((M, E), np.float32), "val_loss": np.zeros((M, E), np.float32),
-                    "val_accuracy": np.zeros((M, E), np.float32), "active": np.zeros((M, E), bool)},
+        "history": {"train_loss": np.zeros((M, E_pad), np.float32), "val_loss": np.zeros((M, E_pad), np.float32),
+                    "val_accuracy": np.zeros((M, E_pad), np.float32), "active": np.zeros((M, E_pad), bool)},
     })
     carry = {"state": state, "best": jax.tree_util.tree_map(jnp.copy, state[0]), "epoch": jnp.asarray(0, jnp.int32),
              **per_member}

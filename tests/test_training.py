@@ -25,8 +25,9 @@ from parrot_jax.ot import SinkhornOptions
 from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import (
     NonFiniteLoss,
-    _programs,
     TrainConfig,
+    _bucket,
+    _programs,
     epoch_order,
     fit_standardizer,
     predict_logits,
@@ -140,6 +141,61 @@ def test_uar_monitor_and_refit_on_device_equal_host_loop():
     for a, b in zip(host.runs, device.runs):
         assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
         assert np.array_equal(a.predictions, b.predictions)
+
+
+@pytest.mark.slow
+def test_bucketed_shapes_equal_unbucketed():
+    """loop="cell" pads epochs, steps and validation batches to `_bucket` sizes (here 5 epochs -> 6,
+    5 steps of 16 rows -> 6, 5 validation batches of 4 rows -> 6); trained with early stopping on the
+    validation loss it equals loop="step", whose shapes are the real ones: identical predictions, best
+    epochs and epochs run, params within 2e-5, the same progress for the 5 real epochs only."""
+    feats, labels = _problem()
+    folds = _unequal_folds(len(labels))  # train 70, 53, 41 rows: 5, 4, 3 steps; val 20, 12, 9 rows: 5, 3, 3 batches
+    config = TrainConfig(epochs=5, batch_size=16, eval_batch_size=4, patience=1, monitor="loss",
+                         learning_rate=3e-2, seeds=(0, 1), loop="step")
+    assert (_bucket(5), _bucket(4), _bucket(3)) == (6, 4, 3)
+    seen = {"step": [], "cell": []}
+    host = train_cell("parrot", _config(), feats, labels, folds, config,
+                      progress=lambda e, m: seen["step"].append((e, m)))
+    padded = train_cell("parrot", _config(), feats, labels, folds,
+                        dataclasses.replace(config, loop="cell", progress_every=2),
+                        progress=lambda e, m: seen["cell"].append((e, m)))
+    assert len({(r.best_epoch, r.epochs_run) for r in host.runs}) >= 2  # early stopping picks, members differ
+    assert max(r.epochs_run for r in host.runs) == config.epochs
+    assert _max_diff(host.params, padded.params) < 2e-5
+    for a, b in zip(host.runs, padded.runs):
+        assert (a.seed, a.fold, a.best_epoch, a.epochs_run) == (b.seed, b.fold, b.best_epoch, b.epochs_run)
+        assert np.array_equal(a.predictions, b.predictions)
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert [e for e, _ in seen["cell"]] == [e for e, _ in seen["step"]] == list(range(1, config.epochs + 1))
+    for (_, a), (_, b) in zip(seen["step"], seen["cell"]):
+        assert np.array_equal(a["active"], b["active"])
+        for name in ("train_loss", "val_loss", "val_accuracy"):
+            assert np.allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+def test_bucket_sizes():
+    assert [_bucket(n) for n in range(1, 18)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16, 24]
+    assert (_bucket(50), _bucket(64), _bucket(65), _bucket(100)) == (64, 64, 96, 128)
+
+
+@pytest.mark.slow
+def test_epochs_and_fold_sizes_in_one_bucket_compile_the_cell_once():
+    """Two trainings with loop="cell" whose epoch counts (5, 6), steps per epoch (5, 6) and validation
+    batches (5, 6) differ but share buckets compile the whole-cell program once (it compiled once per
+    shape before bucketing)."""
+    feats, labels = _problem()
+    rows = np.random.default_rng(3).permutation(len(labels))
+    wider = [Fold(np.sort(r[:90]), np.sort(r[90:114]), np.sort(r[114:144]))
+             for r in (rows, rows[::-1], np.roll(rows, 50))]  # train 90 rows: 6 steps; val 24 rows: 6 batches
+    config = TrainConfig(epochs=5, batch_size=16, eval_batch_size=4, patience=2, monitor="loss", learning_rate=2e-3,
+                         loop="cell")
+    programs = _programs("fcn", _config(), config.learning_rate, "cell")
+    before = programs.cell._cache_size()
+    train_cell("fcn", _config(), feats[:1], labels, _unequal_folds(len(labels)), config)  # 5 steps, 5 val batches
+    assert programs.cell._cache_size() == before + 1
+    train_cell("fcn", _config(), feats[:1], labels, wider, dataclasses.replace(config, epochs=6))  # 6 and 6
+    assert programs.cell._cache_size() == before + 1
 
 
 @pytest.mark.slow
