@@ -1,8 +1,9 @@
 """One PARROT cell, k folds x E epochs, timed in one run: the JAX trainer's default (``fold_axis="auto"``,
 with what it resolved to), its vmapped program, the same folds one after another in JAX, and a plain
 PyTorch implementation of the same model trained fold after fold. Random features of Emo-DB's size
-(535 x (3840, 768), 7 classes), of CREMA-D's size (7442 rows, 6 classes) and of the demo's (192 x (160, 128),
-4 classes: `parrot demo`'s MFCC and log-mel statistics). Prints seconds, ratios, and achieved GFLOP/s
+(535 x (3840, 768), 7 classes), of CREMA-D's size (7442 rows, 6 classes), of Emo-DB's rows with two base-size
+encoders ("base": 535 x (768, 768); "large": 1536 each) and of the demo's (192 x (160, 128), 4 classes: `parrot demo`'s MFCC and
+log-mel statistics). Prints seconds, ratios, and achieved GFLOP/s
 against this machine's float32 matmul peak (measured in the same run).
 
     .venv/bin/python bench/train_folds.py                           # the full benchmark
@@ -43,7 +44,9 @@ from parrot_jax.splits import Fold, make_folds
 from parrot_jax.training import TrainConfig, train_cell
 
 DIMS = (3840, 768)
-DATASETS = {"emodb": (535, 7, DIMS), "cremad": (7442, 6, DIMS), "demo": (192, 4, (160, 128))}
+DATASETS = {"emodb": (535, 7, DIMS), "cremad": (7442, 6, DIMS), "demo": (192, 4, (160, 128)),
+            "base": (535, 7, (768, 768)),  # Emo-DB rows, two base-size encoders (768 each)
+            "large": (535, 7, (1536, 1536))}  # Emo-DB rows, 1536 each (PARROT 11.8 M parameters)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -104,7 +107,8 @@ def run_torch_default_malloc(args, name: str, epochs: int) -> float:
     """The PyTorch reference in a child process with glibc's default malloc settings."""
     env = dict(os.environ, PARROT_KEEP_FREED_MEMORY="0")
     cmd = [sys.executable, __file__, "--datasets", name, "--folds", str(args.folds), "--ways", "torch", "--json"]
-    cmd += [{"emodb": "--epochs", "cremad": "--cremad-epochs", "demo": "--demo-epochs"}[name], str(epochs)]
+    flag = {"emodb": "--epochs", "cremad": "--cremad-epochs", "demo": "--demo-epochs"}.get(name, "--base-epochs")
+    cmd += [flag, str(epochs)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])[name]["torch"]
 
@@ -116,6 +120,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50, help="epochs for Emo-DB size")
     ap.add_argument("--cremad-epochs", type=int, default=2, help="epochs for CREMA-D size")
     ap.add_argument("--demo-epochs", type=int, default=30, help="epochs for the demo's size (the demo trains 30)")
+    ap.add_argument("--base-epochs", type=int, default=10, help="epochs for the base and large sizes (Emo-DB rows, "
+                    "768 + 768 and 1536 + 1536)")
     ap.add_argument("--ways", default="default,vmap,loop,torch,torch-default-malloc")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the seconds")
     ap.add_argument("--loop", default="auto", help="TrainConfig.loop for the JAX runs")
@@ -129,7 +135,8 @@ def main() -> None:
     record = {}
     for name in args.datasets.split(","):
         n, classes, dims = DATASETS[name]
-        epochs = {"emodb": args.epochs, "cremad": args.cremad_epochs, "demo": args.demo_epochs}[name]
+        epochs = {"emodb": args.epochs, "cremad": args.cremad_epochs, "demo": args.demo_epochs,
+                  "base": args.base_epochs, "large": args.base_epochs}[name]
         rng = np.random.default_rng(0)
         features = [rng.normal(size=(n, d)).astype(np.float32) for d in dims]
         labels = rng.permutation(np.arange(n) % classes)

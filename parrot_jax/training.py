@@ -57,6 +57,12 @@ MONITORS: tuple[str, ...] = ("loss", "accuracy", "uar", "none")
 Progress = Callable[[int, dict], None]
 
 
+#: fold_axis "auto" on one CPU device: members of at most this many parameters train vmapped (all in one
+#: program), larger ones one after another. Measured (bench/train_folds.py, README "Defaults"; PARROT, 5 folds):
+#: vmap faster at 1.2 M parameters (the demo) and 6.0 M (768 + 768), the loop at 11.8 M and 17.8 M (the paper's).
+CPU_VMAP_MAX_PARAMETERS = 8_000_000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a cell is trained (the paper fixes Adam, lr 1e-3, batch 32, 50 epochs, early stopping).
@@ -95,10 +101,11 @@ class TrainConfig:
     progress_every: with loop "cell", epochs per device program call (the host reads progress and
         calls ``progress`` for each of them in between); default 1. Ignored by the other forms.
     fold_axis: "vmap" (every member in one program), "loop" (members one after another, each alone, one
-        program reused; the reference the vmapped program is tested against) or "auto" (default): "loop" on
-        one CPU device, where it measured faster at the paper's sizes and the demo's and compiles smaller
-        programs (README "Defaults", bench/train_folds.py), "vmap" on accelerators and wherever the members
-        are sharded over several devices or processes. Both give the same results up to float32 rounding.
+        program reused; the reference the vmapped program is tested against) or "auto" (default; see
+        `member_axis`): on one CPU device "vmap" for small members and "loop" for large ones (more than
+        `CPU_VMAP_MAX_PARAMETERS` parameters), each where it measured faster (README "Defaults",
+        bench/train_folds.py); "vmap" on accelerators and wherever the members are sharded over several
+        devices or processes. Both give the same results up to float32 rounding.
     """
 
     epochs: int = 50
@@ -139,12 +146,15 @@ class TrainConfig:
             return self.loop
         return "step" if jax.default_backend() == "cpu" else "cell"
 
-    def member_axis(self, devices: int = 1) -> str:
-        """The fold axis to use ("auto" resolved) when the members may be spread over ``devices`` devices
-        (all processes' together): "loop" on one CPU device, else "vmap"."""
+    def member_axis(self, devices: int = 1, parameters: int = 0) -> str:
+        """The fold axis to use ("auto" resolved) for members of ``parameters`` parameters each that may be
+        spread over ``devices`` devices (all processes' together): on one CPU device "loop" for members of
+        more than `CPU_VMAP_MAX_PARAMETERS`, "vmap" for smaller ones; "vmap" everywhere else."""
         if self.fold_axis != "auto":
             return self.fold_axis
-        return "loop" if jax.default_backend() == "cpu" and devices == 1 else "vmap"
+        if jax.default_backend() == "cpu" and devices == 1 and parameters > CPU_VMAP_MAX_PARAMETERS:
+            return "loop"
+        return "vmap"
 
 
 @dataclass(frozen=True)
@@ -574,6 +584,7 @@ def _train_members(
     y: jax.Array,
     labels: np.ndarray,
     stats: Standardizer,
+    initial: tuple[PyTree, PyTree],
     config: TrainConfig,
     progress: Progress | None,
     mesh: Mesh | None = None,
@@ -581,7 +592,8 @@ def _train_members(
 ) -> tuple[PyTree, list[int], list[int]]:
     """Train the (cell, seed, fold) members together; return (best params stacked [M, ...], best
     epochs, epochs run). Member (c, s, f) reads rows c * n_rows + r of ``xs`` / ``labels`` (the
-    cells' rows concatenated, see `train_cells`) and standardises with row m of ``stats`` [M, D_i].
+    cells' rows concatenated, see `train_cells`) and standardises with row m of ``stats`` [M, D_i]; it starts
+    from row m of ``initial`` (params, Adam state), which the training consumes (donated buffers).
     ``limits``: most epochs of each member (default ``config.epochs`` each; the refit pass's e*).
     A member whose training loss is not finite raises `NonFiniteLoss` (the first such member and epoch).
 
@@ -595,7 +607,8 @@ def _train_members(
     M = len(members)
     mean, scale = place((tuple(map(jnp.asarray, stats.mean)), tuple(map(jnp.asarray, stats.scale))))
     keys = place(_member_keys(members))
-    state = place(programs.init(keys, tuple(tuple(int(d) for d in x.shape[1:]) for x in xs)))
+    state = place(jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], M - n_real, 0)]), initial)
+                  if M > n_real else initial)
     best = jax.tree_util.tree_map(jnp.copy, state[0])
     offsets = [c * n_rows for c, _, _ in members]
     train_rows = [folds[f].train for _, _, f in members]
@@ -810,7 +823,9 @@ def train_cells(
     rows = tuple(np.concatenate([features[i] for features in cells]) if K > 1 else cells[0][i] for i in range(n_inputs))
     all_labels = np.tile(labels.astype(np.int32), K)
     mesh = mesh if mesh is not None else dist.make_mesh()
-    axis = config.member_axis(mesh.devices.size)
+    # every member's initial params and Adam state, once (the refit pass starts from them again)
+    initial = programs.init(_member_keys(members), tuple(tuple(int(d) for d in x.shape[1:]) for x in rows))
+    axis = config.member_axis(mesh.devices.size, _parameter_count(initial[0]) // len(members))
     sharded = axis == "vmap" and (mesh.devices.size > 1 or jax.process_count() > 1)
     if sharded:  # every device holds the whole data
         xs, y = dist.replicate((rows, all_labels), mesh)
@@ -828,9 +843,10 @@ def train_cells(
         for g, group in enumerate(groups):
             staged = None if progress is None else functools.partial(_staged, progress, {
                 "stage": stage, "pass": g, "passes": len(groups)})
+            group_initial = jax.tree_util.tree_map(lambda a: a[np.asarray(group)], initial)  # a copy: donated
             p, b, e = _train_members(programs, [members[m] for m in group], fit_folds, n_rows, xs, y, all_labels,
-                                     _rows_of(stats, group), config, staged, mesh if sharded else None,
-                                     None if limits is None else [limits[m] for m in group])
+                                     _rows_of(stats, group), group_initial, config, staged,
+                                     mesh if sharded else None, None if limits is None else [limits[m] for m in group])
             parts.append(p)
             best_epochs += b
             epochs_run += e
@@ -876,6 +892,11 @@ def train_cells(
 def _staged(progress: Progress, where: dict, epoch: int, info: dict) -> None:
     """``progress`` with the stage and pass of the epoch added to its metrics."""
     progress(epoch, {**info, **where})
+
+
+def _parameter_count(params: PyTree) -> int:
+    """The number of parameters in ``params`` (every member's, when stacked)."""
+    return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
 
 
 def _rows_of(stats: Standardizer, rows: Sequence[int]) -> Standardizer:

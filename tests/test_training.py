@@ -499,19 +499,30 @@ def test_initial_params_are_bitwise_those_of_a_jitted_init(kind):
         assert a.shape == b.shape and np.array_equal(a, b)
 
 
-def test_fold_axis_auto_is_loop_on_one_cpu_device_as_the_readme_says():
-    """"auto" resolves to "loop" on one CPU device and to "vmap" where members are spread over several
-    devices; the README's defaults table states the same, and a cell records the axis it ran."""
+def test_fold_axis_auto_resolves_on_cpu_as_the_readme_says(monkeypatch):
+    """"auto" on one CPU device: "vmap" for members of at most `CPU_VMAP_MAX_PARAMETERS` parameters, "loop" for
+    larger ones; "vmap" where members are spread over several devices. The README's defaults table states the
+    same threshold, and a cell records the axis it ran."""
+    from parrot_jax import training
+
     assert jax.default_backend() == "cpu"
+    limit = training.CPU_VMAP_MAX_PARAMETERS
     assert TrainConfig().fold_axis == "auto"
-    assert TrainConfig().member_axis(1) == "loop" and TrainConfig().member_axis(4) == "vmap"
-    assert TrainConfig(fold_axis="vmap").member_axis(1) == "vmap" and TrainConfig(fold_axis="loop").member_axis(4) == "loop"
+    assert TrainConfig().member_axis(1, limit) == "vmap" and TrainConfig().member_axis(1, limit + 1) == "loop"
+    assert TrainConfig().member_axis(4, limit + 1) == "vmap"
+    assert TrainConfig(fold_axis="vmap").member_axis(1, limit + 1) == "vmap"
+    assert TrainConfig(fold_axis="loop").member_axis(4, 0) == "loop"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `TrainConfig.fold_axis` |"))
-    assert '`"auto"`: `"loop"` on one CPU device, `"vmap"` on accelerators' in row
+    assert f'`"auto"`: on one CPU device `"vmap"` up to {limit:,} parameters per member, `"loop"` above' in row
     feats, labels = _problem(n=60)
-    cell = train_cell("fcn", _config(), feats[:1], labels, make_folds(labels, k=3), TrainConfig(epochs=1))
-    assert cell.config["ran"] == {"loop": "step", "fold_axis": "loop"}
+    folds = make_folds(labels, k=3)
+    cell = train_cell("fcn", _config(), feats[:1], labels, folds, TrainConfig(epochs=1))
+    assert cell.config["ran"] == {"loop": "step", "fold_axis": "vmap"}  # a tiny model
+    monkeypatch.setattr(training, "CPU_VMAP_MAX_PARAMETERS", 100)
+    looped = train_cell("fcn", _config(), feats[:1], labels, folds, TrainConfig(epochs=1))
+    assert looped.config["ran"] == {"loop": "step", "fold_axis": "loop"}
+    assert [r.predictions.tolist() for r in looped.runs] == [r.predictions.tolist() for r in cell.runs]
     with pytest.raises(ValueError, match=r"TrainConfig.fold_axis must be one of \('auto', 'vmap', 'loop'\), got 'x'"):
         TrainConfig(fold_axis="x")
 
