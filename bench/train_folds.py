@@ -2,8 +2,8 @@
 with what it resolved to), its vmapped program, the same folds one after another in JAX, and a plain
 PyTorch implementation of the same model trained fold after fold. Random features of Emo-DB's size
 (535 x (3840, 768), 7 classes), of CREMA-D's size (7442 rows, 6 classes), of Emo-DB's rows with two base-size
-encoders ("base": 535 x (768, 768); "large": 1536 each) and of the demo's (192 x (160, 128), 4 classes: `parrot demo`'s MFCC and
-log-mel statistics). Prints seconds, ratios, and achieved GFLOP/s
+encoders ("base": 535 x (768, 768); "large": 1536 each) and of the demo's (192 x (160, 128), 4 classes:
+`parrot demo`'s MFCC and log-mel statistics). Prints seconds, ratios, and achieved GFLOP/s
 against this machine's float32 matmul peak (measured in the same run).
 
     .venv/bin/python bench/train_folds.py                           # the full benchmark
@@ -161,7 +161,8 @@ def main() -> None:
                 shown = f"default (fold_axis auto -> {ran})" if way == "default" else way
                 print(f"jax {shown:34s} (warm-up {warm:6.1f} s): {times[way]:8.1f} s")
         for way, t in times.items():
-            print(f"  {way:7s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = {100 * flops / t / 1e9 / peak:5.1f}% of peak"
+            print(f"  {way:7s}: {t:8.1f} s  {flops / t / 1e9:7.1f} GFLOP/s = "
+                  f"{100 * flops / t / 1e9 / peak:5.1f}% of peak"
                   + "".join(f"  x{times[o] / t:.2f} vs {o}" for o in times if o != way))
         floor = flops / peak / 1e9
         print(f"  arithmetic floor at the measured peak: {floor:.1f} s", end="")

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -451,6 +452,7 @@ def generate_demo_corpus(root: Path, seed: int = 0, n_speakers: int = 6, n_texts
         text_rng = np.random.default_rng([seed, 1, t])
         code = f"a{t + 1:02d}" if t < (n_texts + 1) // 2 else f"b{t + 1 - (n_texts + 1) // 2:02d}"
         texts.append((code, [vowels[i] for i in text_rng.integers(0, len(vowels), text_rng.integers(4, 9))]))
+    jobs = []
     for s in range(n_speakers):
         speaker_rng = np.random.default_rng([seed, 2, s])
         male = s % 2 == 0
@@ -459,10 +461,17 @@ def generate_demo_corpus(root: Path, seed: int = 0, n_speakers: int = 6, n_texts
             "formants": speaker_rng.uniform(0.95, 1.05) * (1.0 if male else 1.17),
             "tempo": speaker_rng.uniform(3.6, 4.8),
         }
-        for e, (letter, emotion) in enumerate(DEMO_EMOTIONS.items()):
-            for t, (code, text) in enumerate(texts):
-                wave = _synthesise(speaker, emotion, text, np.random.default_rng([seed, 3, s, e, t]))
-                sf.write(tmp / "wav" / f"{s + 1:02d}{code}{letter}a.wav", wave, DEMO_SAMPLE_RATE, subtype="PCM_16")
+        jobs += [(speaker, s, e, letter, emotion, t, code, text)
+                 for e, (letter, emotion) in enumerate(DEMO_EMOTIONS.items()) for t, (code, text) in enumerate(texts)]
+
+    def write(job: tuple) -> None:
+        speaker, s, e, letter, emotion, t, code, text = job
+        wave = _synthesise(speaker, emotion, text, np.random.default_rng([seed, 3, s, e, t]))
+        sf.write(tmp / "wav" / f"{s + 1:02d}{code}{letter}a.wav", wave, DEMO_SAMPLE_RATE, subtype="PCM_16")
+
+    # each file from its own random stream: the same bytes in any order; numpy and scipy release the GIL
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(write, jobs))
     (tmp / "DEMO.json").write_text(json.dumps(stamp, indent=1) + "\n")
     try:
         os.rename(tmp, root)  # atomic; refused where root is a folder that is not empty

@@ -53,9 +53,10 @@ def run(out: Path = Path("results/demo"), epochs: int | None = None, seed: int =
     record = outcome.records[parrot.name]
     folder = config.run_dir / record["artifacts"]["checkpoint"]
     model = load_model(folder)
+    accuracy = 100 * np.mean(record["metrics"]["accuracy"])
     print(f"PARROT {parrot.abbrev}: the grid's {model.members} fold models, each trained on {config.folds - 1} of the "
-          f"corpus's {config.folds} parts (test accuracy {100 * np.mean(record['metrics']['accuracy']):.1f}% on average), read back from {folder} "
-          "as one ensemble (the mean of their probabilities)")
+          f"corpus's {config.folds} parts (test accuracy {accuracy:.1f}% on average), read back from {folder} as one "
+          "ensemble (the mean of their probabilities)")
     unseen = generate_demo_corpus(out / "new_speaker", seed=seed + 1, n_speakers=1, n_texts=1)
     files = sorted((unseen / "wav").glob("*.wav"))
     print("recordings of a speaker the model never heard (file name letter: W anger, F happiness, "

@@ -863,7 +863,8 @@ def train_cells(
         test_rows = [folds[f].test + c * n_rows for c, _, f in (members[m] for m in group)]
         logits += _evaluate(programs, part, xs, tuple(map(jnp.asarray, stats.mean)),
                             tuple(map(jnp.asarray, stats.scale)), test_rows, config.eval_batch_size)
-    params = jax.device_get(parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts))
+    params = jax.device_get(parts[0] if len(parts) == 1 else
+                            jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts))
     seconds = time.perf_counter() - start
     per = len(members) // K
     results = []
