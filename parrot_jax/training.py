@@ -401,22 +401,24 @@ class _Programs:
         self.keep_best = jax.jit(_keep_where, donate_argnums=(2,))
 
     def init(self, keys: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[PyTree, PyTree]:
-        """Each member's params and Adam state, stacked [M, ...], from its key [M] (inputs of ``shapes``).
+        """Each member's params and Adam state, stacked [M, ...] numpy arrays, from its key [M] (inputs of
+        ``shapes``).
 
         Not compiled as one program: flax's ``lazy_init`` runs only the initialisers (no forward pass),
         eagerly under `jax.vmap`, so what compiles is one small program per initialiser and shape, shared
         by every model kind (a jitted init compiled the whole forward pass, Sinkhorn included: 1-9 s a
-        model on 2 CPU cores). The params are bitwise those of ``jit(vmap(module.init))``
-        (tests/test_training.py)."""
+        model on 2 CPU cores); Adam's state (step count and moments) starts at zero, written on the host.
+        Bitwise what ``jit(vmap(module.init))`` and ``tx.init`` give (tests/test_training.py)."""
 
-        def one(key: jax.Array) -> tuple[PyTree, PyTree]:
+        def one(key: jax.Array) -> PyTree:
             k_params, k_dropout = jax.random.split(jax.random.fold_in(key, 0))
             dummy = tuple(jax.ShapeDtypeStruct((2, *shape), jnp.float32) for shape in shapes)
-            params = self.module.lazy_init({"params": k_params, "dropout": k_dropout}, dummy, mask=None,
-                                           train=False)["params"]
-            return params, self.tx.init(params)
+            return self.module.lazy_init({"params": k_params, "dropout": k_dropout}, dummy, mask=None,
+                                         train=False)["params"]
 
-        return jax.vmap(one)(keys)
+        params = jax.device_get(jax.vmap(one)(keys))
+        adam = jax.eval_shape(jax.vmap(self.tx.init), params)
+        return params, jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), adam)
 
     def _inputs(self, xs, mean, scale, idx):
         return tuple((x[idx] - m) / s for x, m, s in zip(xs, mean, scale))
@@ -607,8 +609,9 @@ def _train_members(
     M = len(members)
     mean, scale = place((tuple(map(jnp.asarray, stats.mean)), tuple(map(jnp.asarray, stats.scale))))
     keys = place(_member_keys(members))
-    state = place(jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], M - n_real, 0)]), initial)
-                  if M > n_real else initial)
+    if M > n_real:  # the mesh's padding copies start as the member they copy
+        initial = jax.tree_util.tree_map(lambda a: np.concatenate([a, np.repeat(a[-1:], M - n_real, 0)]), initial)
+    state = place(jax.device_put(initial))
     best = jax.tree_util.tree_map(jnp.copy, state[0])
     offsets = [c * n_rows for c, _, _ in members]
     train_rows = [folds[f].train for _, _, f in members]
@@ -843,7 +846,7 @@ def train_cells(
         for g, group in enumerate(groups):
             staged = None if progress is None else functools.partial(_staged, progress, {
                 "stage": stage, "pass": g, "passes": len(groups)})
-            group_initial = jax.tree_util.tree_map(lambda a: a[np.asarray(group)], initial)  # a copy: donated
+            group_initial = jax.tree_util.tree_map(lambda a: a[group], initial)  # numpy rows, a copy
             p, b, e = _train_members(programs, [members[m] for m in group], fit_folds, n_rows, xs, y, all_labels,
                                      _rows_of(stats, group), group_initial, config, staged,
                                      mesh if sharded else None, None if limits is None else [limits[m] for m in group])
