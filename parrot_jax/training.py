@@ -3,7 +3,9 @@
 A *member* is one (seed, fold) pair; the M = len(seeds) * len(folds) members are stacked along a
 leading axis (seed-major: member m = s * F + f) and one `jax.vmap`-ed, `jax.jit`-ed train step updates
 all of them at once. `train_cells` packs several cells of equal shapes into the same axis (members
-(cell, seed, fold)); `train_cell` is its one-cell case. Per member and epoch:
+(cell, seed, fold)); `train_cell` is its one-cell case. On one CPU device, members of large models instead
+take turns through the same program compiled for one member (`TrainConfig.fold_axis`), which measured faster
+there. Per member and epoch:
 
 - the training rows are shuffled (numpy, seeded by (seed, fold, epoch)) and cut into batches of
   ``batch_size``, the last one partial. Members are padded to the longest epoch: a padded row has
