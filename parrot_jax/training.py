@@ -611,9 +611,7 @@ def _train_members(
     M = len(members)
     mean, scale = place((tuple(map(jnp.asarray, stats.mean)), tuple(map(jnp.asarray, stats.scale))))
     keys = place(_member_keys(members))
-    if M > n_real:  # the mesh's padding copies start as the member they copy
-        initial = jax.tree_util.tree_map(lambda a: np.concatenate([a, np.repeat(a[-1:], M - n_real, 0)]), initial)
-    state = place(jax.device_put(initial))
+    state = place(initial) if mesh is not None else jax.device_put(initial)  # the mesh pads: copies of the last
     best = jax.tree_util.tree_map(jnp.copy, state[0])
     offsets = [c * n_rows for c, _, _ in members]
     train_rows = [folds[f].train for _, _, f in members]
